@@ -1,0 +1,91 @@
+"""What a merge writes beside the weights: config, tokenizer, model card, weights table, mergekit YAML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .. import __version__
+from ..assets import copy_tokenizer
+from .base import MergeMethod
+
+WEIGHTS_CSV = "recall_weights.csv"
+MERGEKIT_YAML = "mergekit.yml"
+MERGE_JSON = "merge_config.json"
+
+
+def _layer_filters(num_layers: int, family_prefix: str) -> list[str]:
+    """mergekit filters (substring of the tensor name) for layers 0..L, in our layer map."""
+    return ["embed_tokens"] + [f"{family_prefix}{i}." for i in range(num_layers)]
+
+
+def mergekit_config(weights: pd.DataFrame, pool: list[str], num_layers: int, dtype: str = "float32") -> dict:
+    """A mergekit ``linear`` config that reproduces a layer-wise (or model-level) linear merge.
+
+    Layer 0 (embeddings) and blocks 1..L get conditional weights (``filter`` = name substring);
+    the default value is the last layer's weight, which covers the final norm and lm_head.
+    """
+    models = []
+    for col, path in zip(weights.columns, pool):
+        w = weights[col].tolist()
+        if len(w) == 1:
+            weight = float(w[0])
+        else:
+            filters = _layer_filters(num_layers, "model.layers.")
+            weight = [{"filter": f, "value": float(v)} for f, v in zip(filters, w[: num_layers + 1])]
+            weight.append({"value": float(w[num_layers])})
+        models.append({"model": str(path), "parameters": {"weight": weight}})
+    return {"merge_method": "linear", "models": models, "parameters": {"normalize": False}, "dtype": dtype}
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = [str(idx)] + [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: Path | None, ref_folder: Path,
+                  num_layers: int, samples=None, engine: str = "streaming") -> None:
+    for name in ("config.json", "generation_config.json"):
+        if (ref_folder / name).exists():
+            shutil.copy2(ref_folder / name, folder / name)
+    copy_tokenizer(ref_folder, folder)
+    report = dict(method.report())
+    weights = report.pop("weights", None)
+    pool = report.pop("pool", None)
+    tables = {k: report.pop(k) for k in list(report) if isinstance(report[k], pd.DataFrame)}
+    info = {"recall_version": __version__, "method": method.name, "reference": method.reference,
+            "options": method.options(), "base": str(base) if base else None, "models": [str(m) for m in models],
+            "engine": engine, "samples": len(samples) if samples else 0, "report": report}
+    (folder / MERGE_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    parts = [f"# Merged model ({method.name})", "",
+             f"Made with recall {__version__}, method `{method.name}`" + (f" ({method.reference})." if method.reference
+                                                                          else "."), "",
+             "## Inputs", "", f"- base: `{base}`" if base else "- base: none"]
+    parts += [f"- model {i + 1}{' (newest, M_N)' if i == len(models) - 1 else ''}: `{m}`" for i, m in enumerate(models)]
+    parts += [f"- samples of the new task: {len(samples) if samples else 0}", f"- engine: {engine}", "",
+              "## Options", ""]
+    parts += [f"- `{k}`: `{v}`" for k, v in method.options().items()] or ["- none"]
+    if report:
+        parts += ["", "## Facts", ""] + [f"- {k}: {v}" for k, v in report.items()]
+    if weights is not None:
+        weights.to_csv(folder / WEIGHTS_CSV)
+        parts += ["", "## Merge weights", "", f"Rows: layers (0 = embeddings, l = block l-1, {num_layers} = last block, "
+                  "final norm and lm_head); columns: models. Also in " + f"`{WEIGHTS_CSV}`.", "", _markdown_table(weights)]
+        if pool is not None:
+            dtype = json.loads((ref_folder / "config.json").read_text()).get("dtype", "float32") \
+                if (ref_folder / "config.json").exists() else "float32"
+            cfg = mergekit_config(weights, pool, num_layers, dtype=str(dtype or "float32"))
+            (folder / MERGEKIT_YAML).write_text(yaml.safe_dump(cfg, sort_keys=False))
+            parts += ["", f"`{MERGEKIT_YAML}` reproduces this linear merge with `mergekit-yaml {MERGEKIT_YAML} OUT`."]
+    for k, df in tables.items():
+        df.to_csv(folder / f"recall_{k}.csv")
+        parts += ["", f"## {k}", "", _markdown_table(df)]
+    (folder / "README.md").write_text("\n".join(parts) + "\n")

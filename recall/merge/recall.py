@@ -1,0 +1,139 @@
+"""RECALL: representation-aligned, layer-wise model merging (Wang et al., EMNLP 2025, arXiv 2510.20479).
+
+Four stages, as the paper's pipeline figure describes them:
+
+1. typical samples: embed the new task's samples with the newest model M_N and keep the sample
+   nearest each of ``k`` KMeans centroids (``selection="random"`` is the ablation);
+2. representations: every pool model reads the typical samples; each layer's hidden states are
+   mean-pooled over the tokens of a sample;
+3. per layer, the similarity of each model's representations to M_N's (RBF kernel by default)
+   goes through a softmax over models (temperature ``temperature``) to give the layer's weights;
+4. hierarchical merge: each parameter is the weighted sum of the pool's parameters with the
+   weights of its layer (``recall.merge.layers``).
+
+The paper's full text is not available to us; every choice it leaves open is an option here,
+with the defaults of our notes (section 2): the pool is the base plus all models
+(``include_base``), the clustering embedding is M_N's last hidden layer, the similarity is the
+paired RBF kernel with the median-heuristic bandwidth, and the temperature is 1 (a plain softmax).
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..representations import layer_representations
+from ..similarity import SIMILARITIES, similarity_matrix, similarity_to_reference
+from ..typical import select_typical
+from ..weights import centrality_weights, layer_weights
+from .base import MergeContext, MergeError, MergeMethod, check_positive
+from .layer_linear import LayerLinear, pool_names
+from .registry import register
+
+SELECTIONS = ("kmeans", "random", "minibatch")
+WEIGHTINGS = ("softmax", "centrality")
+
+
+@register("recall")
+@dataclass
+class RecallMerge(LayerLinear):
+    """RECALL. Options (defaults are our reading of the paper; see the book's "What the paper leaves open"):
+
+    k: number of typical samples (clusters). selection: kmeans | random | minibatch.
+    similarity: rbf | cka_rbf | cka_linear | cosine | combo. temperature: softmax temperature (> 0).
+    weighting: softmax (of the similarity to M_N) | centrality (of the mean similarity to all models).
+    layerwise: False gives one global weight per model (softmax of the layer-averaged similarity): an ablation.
+    include_base: whether the base model joins the pool. pooling: mean | last. cluster_layer: hidden-state
+    index used to cluster (-1 = last). max_length: tokens read per sample.
+    """
+
+    weights: str = "computed"
+    k: int = 32
+    selection: str = "kmeans"
+    similarity: str = "rbf"
+    temperature: float = 1.0
+    weighting: str = "softmax"
+    layerwise: bool = True
+    include_base: bool = True
+    pooling: str = "mean"
+    cluster_layer: int = -1
+    max_length: int = 512
+    _similarity: pd.DataFrame | None = field(default=None, repr=False)
+    _selected: list[int] = field(default_factory=list, repr=False)
+
+    needs_samples = True
+    reference = "Wang et al., RECALL, EMNLP 2025 (arXiv 2510.20479)"
+
+    def __post_init__(self):
+        if int(self.k) < 1:
+            raise MergeError(f"k must be >= 1, got {self.k}")
+        check_positive("temperature", self.temperature)
+        if self.selection not in SELECTIONS:
+            raise MergeError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.similarity not in SIMILARITIES:
+            raise MergeError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        if self.weighting not in WEIGHTINGS:
+            raise MergeError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+    def options(self):
+        opts = super().options()
+        opts.pop("weights", None)
+        return opts
+
+    def prepare(self, ctx: MergeContext) -> None:
+        from ..assets import load_model
+
+        texts = [s.text for s in (ctx.samples or [])]
+        if not texts or not any(t.strip() for t in texts):
+            raise MergeError("RECALL needs samples of the new task (non-empty texts): pass --samples FILE or --task NAME")
+        if self.k > len(texts):
+            raise MergeError(f"k={self.k} typical samples requested but only {len(texts)} samples given; "
+                             f"lower --k or give more samples")
+        names, paths = pool_names(ctx, self.include_base)
+        if len(paths) < 2:
+            raise MergeError("RECALL needs at least two models in the pool (e.g. --base DIR and one --models DIR)")
+
+        def reps_of(path: str, which: list[str], desc: str):
+            model, tok = load_model(path, device=ctx.device)
+            r = layer_representations(model, tok, which, batch_size=ctx.batch_size, max_length=self.max_length,
+                                      pooling=self.pooling, device=ctx.device, progress=ctx.progress, desc=desc)
+            del model
+            gc.collect()
+            return r
+
+        # Stage 1: typical samples, embedded by the newest model M_N.
+        new_all = reps_of(paths[-1], texts, "representations M_N (all samples)")
+        if self.k == len(texts) and self.selection != "random":
+            self._selected = list(range(len(texts)))
+        else:
+            self._selected = select_typical(new_all[self.cluster_layer].numpy(), self.k, method=self.selection,
+                                            seed=ctx.seed)
+        chosen = [texts[i] for i in self._selected]
+        # Stage 2: representations of every pool model on the typical samples.
+        reps = []
+        for name, path in zip(names[:-1], paths[:-1]):
+            reps.append(reps_of(path, chosen, f"representations {name}"))
+        reps.append(new_all[:, self._selected])
+        # Stage 3: similarity to M_N per layer -> softmax weights per layer.
+        if self.weighting == "centrality":
+            sim_m = similarity_matrix(reps, self.similarity)
+            sim = sim_m.mean(axis=2)
+            table = centrality_weights(sim_m, self.temperature)
+        else:
+            sim = similarity_to_reference(reps, ref=-1, measure=self.similarity)
+            table = layer_weights(sim, self.temperature)
+        if not self.layerwise:
+            table = layer_weights(sim.mean(axis=0, keepdims=True), self.temperature)
+        table = np.asarray(table, dtype=np.float64)
+        self._similarity = pd.DataFrame(sim, columns=names, index=pd.RangeIndex(len(sim), name="layer"))
+        self.set_table(table, names, paths)
+
+    def report(self):
+        out = dict(super().report())
+        if self._similarity is not None:
+            out["similarity"] = self._similarity
+            out["typical_samples"] = self._selected
+        return out

@@ -1,0 +1,209 @@
+"""Similarity of two models' representations of the same samples, layer by layer.
+
+A measure takes X, Y of shape (N, H) (row n: both models' representation of sample n; CKA also
+allows different widths) and returns a float in [0, 1] with sim(X, X) = 1. All arithmetic is float64.
+
+- ``"rbf"`` (default; our reading of the paper, which names an RBF kernel): mean over samples of
+  exp(-||x_n - y_n||^2 / (2 sigma^2)), sigma^2 = median of the pairwise squared distances among
+  all 2N points of X and Y (median heuristic, zero diagonal excluded).
+- ``"cka_rbf"``: kernel CKA with RBF kernels, bandwidth by the median heuristic per set
+  (Kornblith et al. 2019).
+- ``"cka_linear"``: linear CKA (Kornblith et al. 2019).
+- ``"cosine"``: mean paired cosine similarity mapped to [0, 1] as (1 + cos) / 2.
+- ``"combo"``: weighted mean of the above; default equal weights (the paper's summaries mention a
+  combination without saying which; equal weights are the neutral reading).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Measure = Callable[..., float]
+EPS = 1e-12
+
+
+def _as64(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _check_pair(x, y, paired: bool) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _as64(x), _as64(y)
+    if x.ndim != 2 or y.ndim != 2:
+        raise ValueError(f"representations must be 2-D (N, H), got shapes {x.shape} and {y.shape}")
+    if x.shape[0] != y.shape[0] or (paired and x.shape != y.shape):
+        raise ValueError(f"representations of the same samples needed, got shapes {x.shape} and {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("no samples (N = 0)")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("representations contain NaN or infinite values")
+    return x, y
+
+
+def _sq_dists(z: np.ndarray) -> np.ndarray:
+    """Pairwise squared Euclidean distances (Gram trick on centered rows: equal rows give ~0)."""
+    z = z - z.mean(axis=0, keepdims=True)
+    sq = (z * z).sum(axis=1)
+    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+
+
+def _median_offdiag(d: np.ndarray) -> float:
+    iu = np.triu_indices(d.shape[0], k=1)
+    return float(np.median(d[iu])) if iu[0].size else 0.0
+
+
+def _bandwidth(d: np.ndarray, eps: float) -> float:
+    """sigma^2 by the median heuristic; when the median is 0 (more than half the pairs coincide),
+    the mean of the nonzero distances; floored at ``eps``."""
+    s2 = _median_offdiag(d)
+    if s2 <= eps:
+        pos = d[np.triu_indices(d.shape[0], k=1)]
+        pos = pos[pos > eps]
+        s2 = float(pos.mean()) if pos.size else eps
+    return max(s2, eps)
+
+
+def rbf_similarity(x, y, sigma2: float | None = None, eps: float = EPS) -> float:
+    """Mean paired RBF kernel exp(-||x_n - y_n||^2 / (2 sigma^2)); ``sigma2`` defaults to the median
+    of pairwise squared distances among the 2N points of X and Y. All points equal -> 1."""
+    x, y = _check_pair(x, y, paired=True)
+    if sigma2 is None:
+        sigma2 = _bandwidth(_sq_dists(np.concatenate([x, y])), eps)
+    elif not sigma2 > 0:
+        raise ValueError(f"sigma2 must be > 0, got {sigma2}")
+    d = ((x - y) ** 2).sum(axis=1)
+    return float(np.clip(np.exp(-d / (2.0 * sigma2)).mean(), 0.0, 1.0))
+
+
+def _centered(k: np.ndarray) -> np.ndarray:
+    """H K H with H = I - 11^T / n."""
+    return k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
+
+
+def _cka(kc: np.ndarray, lc: np.ndarray, const_x: bool, const_y: bool) -> float:
+    """HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) from centered Gram matrices (the 1/(n-1)^2 of HSIC
+    cancels). CKA is undefined when a set has all points equal: both -> 1, only one -> 0."""
+    if const_x or const_y:
+        return 1.0 if const_x and const_y else 0.0
+    kk, ll = float((kc * kc).sum()), float((lc * lc).sum())
+    if kk <= 0.0 or ll <= 0.0:
+        return 1.0 if kk == ll else 0.0
+    return float(np.clip((kc * lc).sum() / np.sqrt(kk * ll), 0.0, 1.0))
+
+
+def cka_linear(x, y, eps: float = EPS) -> float:
+    """Linear CKA: Gram matrices of the column-centered X and Y (equal to H X X^T H)."""
+    x, y = _check_pair(x, y, paired=False)
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    const = [np.abs(c).max() <= eps * np.abs(v).max() for c, v in ((xc, x), (yc, y))]
+    return _cka(xc @ xc.T, yc @ yc.T, *const)
+
+
+def cka_rbf(x, y, eps: float = EPS) -> float:
+    """Kernel CKA with RBF Gram matrices, sigma^2 of each set by the median heuristic (zero
+    diagonal excluded; Kornblith et al.'s code includes it, which differs only for tiny N)."""
+    x, y = _check_pair(x, y, paired=False)
+    dx, dy = _sq_dists(x), _sq_dists(y)
+    k = np.exp(-dx / (2.0 * _bandwidth(dx, eps)))
+    l = np.exp(-dy / (2.0 * _bandwidth(dy, eps)))
+    return _cka(_centered(k), _centered(l), dx.max() <= eps, dy.max() <= eps)
+
+
+def cosine_similarity(x, y, eps: float = EPS) -> float:
+    """Mean over samples of (1 + cos(x_n, y_n)) / 2, in [0, 1]. Two zero vectors count as cos = 1,
+    one zero vector as cos = 0."""
+    x, y = _check_pair(x, y, paired=True)
+    nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+    cos = (x * y).sum(axis=1) / np.maximum(nx * ny, eps)
+    cos = np.where((nx <= eps) & (ny <= eps), 1.0, cos)
+    return float(np.clip(((1.0 + cos) / 2.0).mean(), 0.0, 1.0))
+
+
+DEFAULT_COMBO_WEIGHTS = {"rbf": 0.25, "cka_rbf": 0.25, "cka_linear": 0.25, "cosine": 0.25}
+
+
+def combo_similarity(x, y, weights: dict[str, float] | None = None) -> float:
+    """Weighted mean of other measures; ``weights`` (name -> weight >= 0, normalized to sum 1)
+    defaults to ``DEFAULT_COMBO_WEIGHTS`` (equal weights)."""
+    weights = dict(DEFAULT_COMBO_WEIGHTS if weights is None else weights)
+    unknown = sorted(set(weights) - (set(SIMILARITIES) - {"combo"}))
+    if unknown:
+        raise ValueError(f"combo weights name unknown measures {unknown}; choose from: "
+                         f"{', '.join(n for n in SIMILARITIES if n != 'combo')}")
+    if any(not (w >= 0 and np.isfinite(w)) for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"combo weights must be finite, >= 0 and not all 0, got {weights}")
+    total = sum(weights.values())
+    return float(sum(w * SIMILARITIES[n](x, y) for n, w in weights.items() if w > 0) / total)
+
+
+SIMILARITIES: dict[str, Measure] = {
+    "rbf": rbf_similarity,
+    "cka_rbf": cka_rbf,
+    "cka_linear": cka_linear,
+    "cosine": cosine_similarity,
+    "combo": combo_similarity,
+}
+
+
+def get_similarity(measure: str | Measure) -> Measure:
+    """The measure function for a name in ``SIMILARITIES`` (a callable is returned as is)."""
+    if callable(measure):
+        return measure
+    try:
+        return SIMILARITIES[measure]
+    except KeyError:
+        raise ValueError(f"unknown similarity measure {measure!r}; choose one of: "
+                         f"{', '.join(SIMILARITIES)}") from None
+
+
+def _stack(reps) -> np.ndarray:
+    r = _as64(reps)
+    if r.ndim != 3:
+        raise ValueError(f"layer representations must be 3-D (L+1, N, H), got shape {r.shape}")
+    return r
+
+
+def layer_similarity(reps_a, reps_b, measure: str | Measure = "rbf", **kw) -> np.ndarray:
+    """Similarity of two models at each layer: (L+1,) from two (L+1, N, H) stacks."""
+    fn = get_similarity(measure)
+    a, b = _stack(reps_a), _stack(reps_b)
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"representations differ in layers or samples: {a.shape} vs {b.shape}")
+    return np.array([fn(a[l], b[l], **kw) for l in range(a.shape[0])], dtype=np.float64)
+
+
+def similarity_to_reference(reps: Sequence, ref: int = -1, measure: str | Measure = "rbf", **kw) -> np.ndarray:
+    """(L+1, M): column i is model i's similarity to model ``ref`` (default the last: the newly
+    fine-tuned M_N) at each layer; column ``ref`` is the self-similarity (1)."""
+    if not len(reps):
+        raise ValueError("no models' representations given")
+    if not -len(reps) <= ref < len(reps):
+        raise ValueError(f"ref = {ref} out of range for {len(reps)} models")
+    r = reps[ref]
+    return np.stack([layer_similarity(x, r, measure, **kw) for x in reps], axis=1)
+
+
+def similarity_matrix(reps: Sequence, measure: str | Measure = "rbf", **kw) -> np.ndarray:
+    """(L+1, M, M): similarity of every pair of models at each layer. Measures are taken to be
+    symmetric (all built-in ones are): only i <= j is computed."""
+    m = len(reps)
+    if not m:
+        raise ValueError("no models' representations given")
+    out = None
+    for i in range(m):
+        for j in range(i, m):
+            s = layer_similarity(reps[i], reps[j], measure, **kw)
+            if out is None:
+                out = np.empty((s.shape[0], m, m))
+            out[:, i, j] = out[:, j, i] = s
+    return out
+
+
+def adjacent_layer_similarity(reps, measure: str | Measure = "rbf", **kw) -> np.ndarray:
+    """(L,): similarity between layers l and l+1 of one model (the paper's within-model analysis)."""
+    fn = get_similarity(measure)
+    r = _stack(reps)
+    return np.array([fn(r[l], r[l + 1], **kw) for l in range(r.shape[0] - 1)], dtype=np.float64)
