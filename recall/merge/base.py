@@ -74,13 +74,22 @@ class MergeMethod(ABC):
         return {}
 
 
+def _number(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise MergeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MergeError(f"{name} must be a number, got {value!r}") from None
+
+
 def check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= float(value) <= 1.0:
+    if not 0.0 <= _number(name, value) <= 1.0:
         raise MergeError(f"{name} must be in [0, 1], got {value}")
 
 
 def check_positive(name: str, value: float) -> None:
-    if not float(value) > 0.0:
+    if not _number(name, value) > 0.0:
         raise MergeError(f"{name} must be > 0, got {value}")
 
 

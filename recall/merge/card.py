@@ -69,7 +69,7 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
              f"Made with recall {__version__}, method `{method.name}`" + (f" ({method.reference})." if method.reference
                                                                           else "."), "",
              "## Inputs", "", f"- base: `{base}`" if base else "- base: none"]
-    parts += [f"- model {i + 1}{' (newest, M_N)' if i == len(models) - 1 else ''}: `{m}`" for i, m in enumerate(models)]
+    parts += [f"- model {i}{' (newest, M_N)' if i == len(models) - 1 else ''}: `{m}`" for i, m in enumerate(models)]
     parts += [f"- samples of the new task: {len(samples) if samples else 0}", f"- engine: {engine}", "",
               "## Options", ""]
     parts += [f"- `{k}`: `{v}`" for k, v in method.options().items()] or ["- none"]
@@ -77,8 +77,10 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
         parts += ["", "## Facts", ""] + [f"- {k}: {v}" for k, v in report.items()]
     if weights is not None:
         weights.to_csv(folder / WEIGHTS_CSV)
-        parts += ["", "## Merge weights", "", f"Rows: layers (0 = embeddings, l = block l-1, {num_layers} = last block, "
-                  "final norm and lm_head); columns: models. Also in " + f"`{WEIGHTS_CSV}`.", "", _markdown_table(weights)]
+        rows = (f"Rows: layers (0 = embeddings, l = block l-1, {num_layers} = last block, final norm and lm_head)"
+                if len(weights) > 1 else "One row: the same weight for every layer")
+        parts += ["", "## Merge weights", "", f"{rows}; columns: models of the pool. Also in `{WEIGHTS_CSV}`.", "",
+                  _markdown_table(weights)]
         if pool is not None:
             dtype = json.loads((ref_folder / "config.json").read_text()).get("dtype", "float32") \
                 if (ref_folder / "config.json").exists() else "float32"
