@@ -106,6 +106,8 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
 
     out: torch.Tensor | None = None
+    # the decoder alone gives the same hidden states without computing logits over the vocabulary
+    body = model.get_decoder() if hasattr(model, "get_decoder") and model.get_decoder() is not None else model
     was_training = model.training
     model.eval()
     try:
@@ -115,7 +117,7 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
                 idx = order[start:start + batch_size]
                 input_ids, mask = _pad_batch([ids[i] for i in idx], pad_id, side)
                 position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-                res = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                res = body(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                             position_ids=position_ids.to(device), output_hidden_states=True, use_cache=False)
                 hidden = res.hidden_states
                 keep = _layer_indices(layers, len(hidden))

@@ -30,7 +30,7 @@ def _final_hidden(model, input_ids, attention_mask, position_ids, past=None):
     """Last-layer hidden states (no lm_head yet) and the cache."""
     body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-               past_key_values=past, use_cache=True)
+               cache=past, use_cache=True)
     return out.last_hidden_state, out.past_key_values
 
 
@@ -39,10 +39,26 @@ def _logprobs(model, hidden: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the token prefix shared by every sequence, leaving at least one token in each."""
+    n = min(len(x) for x in seqs) - 1
+    first = seqs[0]
+    for x in seqs[1:]:
+        i = 0
+        while i < n and x[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
 @torch.inference_mode()
 def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], batch_size: int = 16,
-                 progress: bool = True, desc: str = "scoring") -> np.ndarray:
-    """(N, C) summed log-likelihood of each candidate continuation after each prompt."""
+                 progress: bool = True, desc: str = "scoring", share_prefix: bool = True) -> np.ndarray:
+    """(N, C) summed log-likelihood of each candidate continuation after each prompt.
+
+    With ``share_prefix`` the token prefix common to all prompts (chat template, system prompt and
+    instruction) runs once and its KV cache is reused by every batch: same scores, less compute.
+    """
     if not prompts:
         raise ValueError("no prompts to score")
     if not candidates:
@@ -52,34 +68,54 @@ def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], ba
     if any(len(c) == 0 for c in cand_ids):
         raise ValueError(f"a candidate label tokenizes to nothing: {candidates}")
     prompt_ids = _encode(tokenizer, prompts)
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("a prompt tokenizes to nothing")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cp = _common_prefix_len(prompt_ids) if share_prefix else 0
+    prefix_past = None
+    if cp > 0:
+        pre = torch.tensor(prompt_ids[0][:cp], device=device)[None]
+        _, prefix_past = _final_hidden(model, pre, torch.ones_like(pre), torch.arange(cp, device=device)[None])
     order = np.argsort([-len(p) for p in prompt_ids], kind="stable")  # similar lengths together
     scores = np.zeros((len(prompts), len(candidates)), dtype=np.float64)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         idx = order[s: s + batch_size]
-        seqs = [prompt_ids[i] for i in idx]
-        width = max(len(x) for x in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, x in enumerate(seqs):
+        seqs = [prompt_ids[i][cp:] for i in idx]
+        b, width = len(seqs), max(len(x) for x in seqs)
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, cp + width), dtype=torch.long)
+        mask[:, :cp] = 1
+        for r, x in enumerate(seqs):  # left padding between the shared prefix and each suffix
             ids[r, width - len(x):] = torch.tensor(x)
-            mask[r, width - len(x):] = 1
+            mask[r, cp + width - len(x):] = 1
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden, past = _final_hidden(model, ids, mask, pos)
-        first = _logprobs(model, hidden[:, -1])  # (B, V): next-token distribution after the prompt
-        last_pos = pos[:, -1]
-        for c, toks in enumerate(cand_ids):
-            lp = first[:, toks[0]].double()
-            if len(toks) > 1:
-                cont = torch.tensor(toks[:-1], device=device).expand(len(seqs), -1)
-                m2 = torch.cat([mask, torch.ones_like(cont)], dim=1)
-                p2 = last_pos[:, None] + 1 + torch.arange(len(toks) - 1, device=device)[None]
-                h2, _ = _final_hidden(model, cont, m2, p2, past=copy.deepcopy(past))
-                lps = _logprobs(model, h2)  # (B, len-1, V)
+        past = None
+        if prefix_past is not None:
+            past = copy.deepcopy(prefix_past)
+            past.batch_repeat_interleave(b)
+        hidden, past = _final_hidden(model, ids, mask, pos[:, cp:], past=past)
+        first = _logprobs(model, hidden[:, -1]).double()  # (B, V): next-token distribution after the prompt
+        block = torch.stack([first[:, toks[0]] for toks in cand_ids], dim=1)  # (B, C)
+        multi = [(c, toks) for c, toks in enumerate(cand_ids) if len(toks) > 1]
+        if multi:  # the later tokens of multi-token labels: one forward over (example, label) rows
+            r, width2 = len(multi), max(len(t) - 1 for _, t in multi)
+            cont = torch.full((b * r, width2), pad, dtype=torch.long)
+            cmask = torch.zeros((b * r, width2), dtype=torch.long)
+            for j, (_, toks) in enumerate(multi):
+                cont[j::r, : len(toks) - 1] = torch.tensor(toks[:-1])
+                cmask[j::r, : len(toks) - 1] = 1
+            cont, cmask = cont.to(device), cmask.to(device)
+            past.batch_repeat_interleave(r)  # row i*r + j = example i, label j
+            m2 = torch.cat([mask.repeat_interleave(r, dim=0), cmask], dim=1)
+            p2 = pos[:, -1].repeat_interleave(r)[:, None] + 1 + torch.arange(width2, device=device)[None]
+            h2, _ = _final_hidden(model, cont, m2, p2, past=past)
+            lps = _logprobs(model, h2).double()  # (B*r, width2, V)
+            for j, (c, toks) in enumerate(multi):
                 nxt = torch.tensor(toks[1:], device=device)
-                lp = lp + lps.gather(-1, nxt.expand(len(seqs), -1)[..., None])[..., 0].double().sum(-1)
-            scores[idx, c] = lp.cpu().numpy()
+                rows = lps[j::r, : len(toks) - 1]  # (B, len-1, V)
+                block[:, c] += rows.gather(-1, nxt.expand(b, -1)[..., None])[..., 0].sum(-1)
+        scores[idx] = block.cpu().numpy()
     return scores
 
 

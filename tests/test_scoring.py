@@ -1,0 +1,65 @@
+"""Rank classification: batched, prefix-shared scores equal a plain full forward pass per example."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from recall.scoring import label_loglik, score_task
+from recall.tasks import get_task, load_task
+from recall.testing import make_tiny_checkpoint
+
+PROMPTS = [f"<|im_start|>user\nClassify: {t}<|im_end|>\n<|im_start|>assistant\n"
+           for t in ["free prize call now", "the film was wonderful", "who won the hockey game in the end",
+                     "markets", "a long message about space and cars and guns and hockey and grain"]]
+CANDS = ["spam", "positive review", "sport", "business news today"]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny(request, tmp_path_factory):
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "m", seed=3, family=request.param)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return model, tok
+
+
+def _reference(model, tok, prompts, cands):
+    out = np.zeros((len(prompts), len(cands)))
+    for i, p in enumerate(prompts):
+        pi = tok(p, add_special_tokens=False)["input_ids"]
+        for j, c in enumerate(cands):
+            ci = tok(c, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([pi + ci])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(ids).logits[0].double(), -1)
+            out[i, j] = sum(lp[len(pi) - 1 + k, t].item() for k, t in enumerate(ci))
+    return out
+
+
+@pytest.mark.parametrize("batch_size,share_prefix", [(1, False), (2, True), (5, True), (3, False)])
+def test_label_loglik_matches_reference(tiny, batch_size, share_prefix):
+    model, tok = tiny
+    ref = _reference(model, tok, PROMPTS, CANDS)
+    got = label_loglik(model, tok, PROMPTS, CANDS, batch_size=batch_size, progress=False,
+                       share_prefix=share_prefix)
+    np.testing.assert_allclose(got, ref, atol=2e-4)
+
+
+def test_label_loglik_bad_input(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="no prompts"):
+        label_loglik(model, tok, [], CANDS)
+    with pytest.raises(ValueError, match="no candidate"):
+        label_loglik(model, tok, PROMPTS, [])
+
+
+def test_score_task_per_example_frame(tiny):
+    model, tok = tiny
+    task = get_task("sms")
+    ds = load_task("sms", n_train=0, n_val=0, n_test=12, seed=0)["test"]
+    df = score_task(model, tok, task, ds, max_text_tokens=16, batch_size=4, progress=False)
+    assert list(df.columns[:4]) == ["example", "label", "pred", "correct"]
+    assert len(df) == 12 and set(df["pred"]) <= {0, 1}
+    assert (df["correct"] == (df["pred"] == df["label"])).all()
+    ll = df[[f"ll_{w}" for w in task.labels]].to_numpy()
+    assert np.isfinite(ll).all() and (ll <= 0).all()
