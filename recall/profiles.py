@@ -1,0 +1,196 @@
+"""Named experiment configurations (profiles) and the budget planner.
+
+- ``smoke``: a tiny random model and a handful of examples; exercises every code path in about a
+  minute (tests and CI run every notebook with it). Its numbers mean nothing.
+- ``quick``: SmolLM2-135M, small splits, fewer methods; about 15 minutes on 2 CPU cores.
+- ``cpu``: the default of ``tox -e replicate``; SmolLM2-135M on 2 CPU cores, sized to finish in
+  about 90 minutes (see ``plan``).
+- ``gpu``: paper scale on one GPU: more data, three task orders, three seeds, any model.
+
+Any field can be overridden: ``get_profile("cpu", n_test=200)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .tasks import TRAIN_TASKS, UNSEEN_TASKS, get_task
+
+ORDERS = {
+    "order1": ("bbc", "rt", "trec", "sms", "ng"),
+    "order2": ("ng", "sms", "trec", "rt", "bbc"),
+    "order3": ("trec", "bbc", "sms", "ng", "rt"),
+}
+ALL_MERGES = ("recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail", "magmax")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str = "smollm2"  # "smollm2", "tiny" (random, for smoke), a local folder or a hub id
+    tasks: tuple[str, ...] = TRAIN_TASKS
+    unseen: tuple[str, ...] = UNSEEN_TASKS
+    n_train: int = 96
+    n_val: int = 0
+    n_test: int = 100
+    max_text_tokens: int = 48
+    # fine-tuning (recall.training.TrainConfig fields)
+    train_mode: str = "lora"
+    epochs: int = 2
+    batch_size: int = 8
+    lr: float | None = None
+    lora_r: int = 8
+    ewc_lambda: float = 5000.0
+    ewc_samples: int | None = 32
+    # merging
+    recall_k: int = 16
+    sample_pool: int = 64  # candidates of the new task's training split that typical samples come from
+    single_methods: tuple[str, ...] = ALL_MERGES
+    multi_methods: tuple[str, ...] = ALL_MERGES
+    sequential_methods: tuple[str, ...] = ("sft", "ewc", "recall", "average", "task_arithmetic")
+    multitask: bool = True
+    ablations: tuple[str, ...] = ("random_samples", "k_small", "cka_linear", "cosine", "temp_0.1", "temp_10",
+                                  "global_weight")
+    # protocol
+    seeds: tuple[int, ...] = (0,)
+    task_order: tuple[str, ...] = ORDERS["order1"]
+    extra_orders: tuple[tuple[str, ...], ...] = ()
+    eval_batch_size: int = 32
+    n_boot: int = 1000
+    device: str = "cpu"
+    notes: str = ""
+
+    def __post_init__(self):
+        for t in self.tasks + self.unseen + tuple(self.task_order):
+            get_task(t)  # unknown names raise with the list of known tasks
+        if sorted(self.task_order) != sorted(self.tasks):
+            raise ValueError(f"task_order {list(self.task_order)} must be an ordering of the profile's tasks "
+                             f"{list(self.tasks)}")
+        if self.recall_k > self.sample_pool or self.sample_pool > self.n_train:
+            raise ValueError(f"need recall_k <= sample_pool <= n_train, got {self.recall_k}, {self.sample_pool}, "
+                             f"{self.n_train}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def train_config(self, seed: int, **overrides):
+        from .training import TrainConfig
+
+        kw = dict(mode=self.train_mode, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                  lora_r=self.lora_r, seed=seed, max_length=self.max_length())
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+    def max_length(self) -> int:
+        return self.max_text_tokens + 160  # chat template, system prompt, instruction, answer
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", model="tiny", tasks=("trec", "sms", "rt"), unseen=("amazon",),
+        task_order=("trec", "sms", "rt"), n_train=12, n_test=6, max_text_tokens=16, epochs=1, batch_size=4,
+        recall_k=3, sample_pool=8, ewc_lambda=10.0, ewc_samples=4, eval_batch_size=8, n_boot=50,
+        single_methods=("recall", "average", "ties"), sequential_methods=("sft", "ewc", "recall"),
+        ablations=("random_samples", "global_weight"),
+        notes="tiny random model; checks that everything runs, numbers are meaningless"),
+    "quick": Profile(
+        name="quick", n_train=48, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, sample_pool=32,
+        single_methods=("recall", "average", "task_arithmetic", "ties"),
+        multi_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
+        sequential_methods=("sft", "recall"), multitask=False, ablations=("random_samples", "global_weight"),
+        n_boot=500, notes="SmolLM2-135M, small splits; about 15 minutes on 2 cores"),
+    "cpu": Profile(
+        name="cpu", n_train=64, n_test=80, max_text_tokens=40, recall_k=16, sample_pool=64,
+        single_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
+        sequential_methods=("sft", "ewc", "recall"),
+        ablations=("random_samples", "k_small", "cka_linear", "temp_0.1", "global_weight"),
+        notes="SmolLM2-135M on 2 CPU cores; the default of tox -e replicate"),
+    "gpu": Profile(
+        name="gpu", n_train=1000, n_test=500, max_text_tokens=128, epochs=2, batch_size=16, recall_k=32,
+        sample_pool=256, seeds=(0, 1, 2), extra_orders=(ORDERS["order2"], ORDERS["order3"]),
+        sequential_methods=("sft", "ewc", "recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail",
+                            "magmax"),
+        ablations=("random_samples", "k_small", "k_large", "cka_linear", "cka_rbf", "cosine", "temp_0.1",
+                   "temp_10", "global_weight", "centrality", "no_base"),
+        eval_batch_size=64, device="cuda", notes="paper scale on one GPU; any model via model=..."),
+}
+
+# RECALL ablation variants: name -> recall options (diff over the defaults)
+ABLATIONS: dict[str, dict] = {
+    "default": {},
+    "random_samples": {"selection": "random"},
+    "k_small": {"k": 4},
+    "k_large": {"k": 64},
+    "cka_linear": {"similarity": "cka_linear"},
+    "cka_rbf": {"similarity": "cka_rbf"},
+    "cosine": {"similarity": "cosine"},
+    "temp_0.1": {"temperature": 0.1},
+    "temp_10": {"temperature": 10.0},
+    "global_weight": {"layerwise": False},
+    "centrality": {"weighting": "centrality"},
+    "no_base": {"include_base": False},
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """A named profile, with fields overridden (tuples may be given as lists)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    p = PROFILES[name]
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"profile has no field(s) {', '.join(unknown)}; fields: {', '.join(sorted(fields))}")
+    fixed = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
+             for k, v in overrides.items()}
+    return dataclasses.replace(p, **fixed)
+
+
+@dataclass
+class Budget:
+    train_tokens: int = 0
+    eval_tokens: int = 0
+    rows: list = field(default_factory=list)
+
+    def add(self, what: str, train: int = 0, evals: int = 0):
+        self.train_tokens += train
+        self.eval_tokens += evals
+        self.rows.append((what, train, evals))
+
+    def seconds(self, train_ms: float = 10.0, eval_ms: float = 4.0) -> float:
+        return (self.train_tokens * train_ms + self.eval_tokens * eval_ms) / 1000
+
+    def report(self, train_ms: float = 10.0, eval_ms: float = 4.0) -> str:
+        lines = [f"{'unit':40s} {'train tokens':>13s} {'eval tokens':>12s}"]
+        lines += [f"{w:40s} {t:13,d} {e:12,d}" for w, t, e in self.rows]
+        lines.append(f"{'total':40s} {self.train_tokens:13,d} {self.eval_tokens:12,d}")
+        lines.append(f"estimated time: {self.seconds(train_ms, eval_ms) / 60:.0f} min "
+                     f"(at {train_ms} ms/train token, {eval_ms} ms/eval token; measured on 2 CPU cores)")
+        return "\n".join(lines)
+
+
+def plan(profile: Profile, train_tokens_per_example: int = 90, eval_tokens_per_example: int = 45) -> Budget:
+    """Token counts of a full replicate of ``profile`` (rough: prompts average about the given sizes;
+    evaluation reads only the part of the prompt after the shared prefix)."""
+    b = Budget()
+    ex_train = profile.n_train * profile.epochs * train_tokens_per_example
+    per_task_eval = profile.n_test * eval_tokens_per_example
+    n_all = len(profile.tasks) + len(profile.unseen)
+    seeds = len(profile.seeds)
+    b.add("experts (one per task)", train=len(profile.tasks) * ex_train * seeds,
+          evals=len(profile.tasks) * n_all * per_task_eval * seeds)
+    b.add("base model evaluation", evals=n_all * per_task_eval * seeds)
+    if profile.multitask:
+        b.add("multi-task training", train=ex_train * len(profile.tasks) // profile.epochs * seeds,
+              evals=n_all * per_task_eval * seeds)
+    b.add("single-model merges", evals=len(profile.single_methods) * len(profile.tasks)
+          * (1 + len(profile.unseen)) * per_task_eval * seeds)
+    b.add("multi-model merges", evals=len(profile.multi_methods) * n_all * per_task_eval * seeds)
+    orders = 1 + len(profile.extra_orders)
+    chains = len([m for m in profile.sequential_methods])
+    T = len(profile.tasks)
+    b.add("sequential chains", train=chains * (T - 1) * ex_train * seeds * orders,
+          evals=chains * (T * T + len(profile.unseen)) * per_task_eval * seeds * orders)
+    b.add("ablations", evals=len(profile.ablations) * len(profile.tasks) * per_task_eval * seeds)
+    return b

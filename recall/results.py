@@ -1,0 +1,105 @@
+"""Writing results: CSV tables, PNG figures and provenance, atomically, under ``results/<profile>/``.
+
+Every number in the book comes from a file written here by a notebook run; ``provenance.json``
+records for each notebook the git commit, profile, parameters, device, library versions and
+wall time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "scikit-learn", "numpy", "pandas",
+             "seaborn", "papermill")
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def device_description(device: str = "cpu") -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (cuda)"
+    return f"{platform.processor() or platform.machine()} cpu, {os.cpu_count()} cores, torch threads " \
+           f"{torch.get_num_threads()}"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = version(lib)
+        except PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+class Results:
+    """The results folder of one notebook run: ``results/<profile>/[<subdir>/]``."""
+
+    def __init__(self, profile: str, notebook: str, subdir: str | None = None, root: str | Path | None = None):
+        base = Path(root) if root is not None else Path(os.environ.get("RECALL_RESULTS", repo_root() / "results"))
+        self.profile_dir = base / profile
+        self.dir = self.profile_dir / subdir if subdir else self.profile_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.notebook = notebook
+        self.t0 = time.time()
+        self.files: list[str] = []
+
+    def table(self, name: str, df: pd.DataFrame, index: bool = False) -> Path:
+        path = self.dir / f"{name}.csv"
+        atomic_write_text(path, df.to_csv(index=index, float_format="%.6g"))
+        self.files.append(str(path.relative_to(self.profile_dir)))
+        return path
+
+    def figure(self, name: str, fig) -> Path:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        path = self.dir / f"{name}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        self.files.append(str(path.relative_to(self.profile_dir)))
+        return path
+
+    def provenance(self, profile, params: dict | None = None, timings: dict | None = None) -> Path:
+        """Record this notebook's run in ``results/<profile>/provenance.json`` (one entry per notebook)."""
+        path = self.profile_dir / "provenance.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        key = self.notebook + (f"/{self.dir.name}" if self.dir != self.profile_dir else "")
+        data.setdefault("notebooks", {})[key] = {
+            "git_commit": git_commit(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.time() - self.t0, 1),
+            "profile": profile.to_dict() if hasattr(profile, "to_dict") else profile,
+            "parameters": params or {},
+            "device": device_description(getattr(profile, "device", "cpu")),
+            "libraries": library_versions(),
+            "step_timings_s": timings or {},
+            "files": sorted(set(self.files)),
+        }
+        return atomic_write_json(path, data)
