@@ -179,7 +179,7 @@ def plan(profile: Profile, train_tokens_per_example: int = 90, eval_tokens_per_e
     n_all = len(profile.tasks) + len(profile.unseen)
     seeds = len(profile.seeds)
     b.add("experts (one per task)", train=len(profile.tasks) * ex_train * seeds,
-          evals=len(profile.tasks) * n_all * per_task_eval * seeds)
+          evals=len(profile.tasks) * (1 + len(profile.unseen)) * per_task_eval * seeds)
     b.add("base model evaluation", evals=n_all * per_task_eval * seeds)
     if profile.multitask:
         b.add("multi-task training", train=ex_train * len(profile.tasks) // profile.epochs * seeds,

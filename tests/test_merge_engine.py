@@ -306,3 +306,39 @@ def test_cli_merge_and_dry_run(tmp_path, tiny_pool, capsys):
                  "--quiet"]) == 0
     a, b = _weights(tmp_path / "o"), _weights(tmp_path / "replay")
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_similarity_names_match_the_registry():
+    from recall.merge.recall import SIMILARITY_NAMES
+    from recall.similarity import SIMILARITIES
+
+    assert set(SIMILARITY_NAMES) == set(SIMILARITIES)
+
+
+@pytest.mark.parametrize("method,opts", [("layer_linear", None), ("average", {}), ("task_arithmetic", {}),
+                                         ("magmax", {}), ("ties", {}), ("dare", {"p": 0.3})])
+def test_chunked_streaming_is_bit_identical(tmp_path, tiny_pool, monkeypatch, method, opts):
+    import recall.merge.engine as engine
+
+    base, experts = tiny_pool
+    if opts is None:
+        csv = _write_weights_csv(tmp_path / "w.csv", np.random.default_rng(1).dirichlet(np.ones(3), size=5),
+                                 ["base", "m1", "m2"])
+        opts = {"weights": str(csv)}
+    ref = _weights(merge_models(get_method(method, **opts), experts, tmp_path / "mem", base=base, engine="memory",
+                                progress=False))
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 1000)  # every matrix of the tiny model is chunked
+    got = _weights(merge_models(get_method(method, **opts), experts, tmp_path / "chunk", base=base,
+                                engine="streaming", progress=False))
+    for n in ref:
+        assert torch.equal(ref[n], got[n]), n
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_mergekit_filters_follow_the_layer_map(tmp_path, family):
+    from recall.merge.card import layer_filters
+
+    ck = LazyCheckpoint(make_tiny_checkpoint(tmp_path / "m", family=family, tie_word_embeddings=False))
+    items = layer_filters(ck.names(), 4)
+    for n in ck.names():  # mergekit: the first filter that is a substring of the name wins
+        assert next(lay for f, lay in items if f in n) == layer_of(n, 4)

@@ -39,6 +39,8 @@ def mean_of(tensors: list[torch.Tensor]) -> torch.Tensor:
 class Average(MergeMethod):
     """Uniform average of the models' parameters (optionally with the base's)."""
 
+    elementwise = True
+
     include_base: bool = False
 
     needs_base: ClassVar[bool] = False

@@ -52,6 +52,9 @@ class MergeMethod(ABC):
     needs_base: ClassVar[bool] = False
     needs_samples: ClassVar[bool] = False
     reference: ClassVar[str] = ""
+    # True when merge_tensor acts element by element (no dependence on the tensor's shape or on other
+    # elements): the streaming engine then merges large tensors in chunks.
+    elementwise: ClassVar[bool] = False
 
     def prepare(self, ctx: MergeContext) -> None:  # noqa: B027 - optional hook
         """Compute whatever the per-tensor rule needs (weights, losses). Default: nothing."""

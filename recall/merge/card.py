@@ -6,43 +6,54 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from .. import __version__
 from ..assets import copy_tokenizer
-from .base import MergeMethod
+from .base import MergeError, MergeMethod
+from .layers import _BLOCK, layer_of
 
 WEIGHTS_CSV = "recall_weights.csv"
 MERGEKIT_YAML = "mergekit.yml"
 MERGE_JSON = "merge_config.json"
 
 
-def _layer_filters(num_layers: int, family_prefix: str) -> list[str]:
-    """mergekit filters (substring of the tensor name) for layers 0..L, in our layer map."""
-    return ["embed_tokens"] + [f"{family_prefix}{i}." for i in range(num_layers)]
+def layer_filters(names: list[str], num_layers: int) -> list[tuple[str, int]]:
+    """(mergekit filter, layer) pairs covering ``names``: a block's prefix (``model.layers.3.``,
+    ``transformer.h.3.``) or, outside blocks, the full tensor name. mergekit applies the first entry
+    whose filter is a substring of the tensor name; this checks that rule gives our layer map."""
+    filters: dict[str, int] = {}
+    for n in names:
+        m = _BLOCK.search(n)
+        filters.setdefault(n[: m.end()] if m else n, layer_of(n, num_layers))
+    items = list(filters.items())
+    for n in names:
+        if next(lay for f, lay in items if f in n) != layer_of(n, num_layers):
+            raise MergeError(f"cannot express the layer of {n} as a mergekit filter")
+    return items
 
 
-def mergekit_config(weights: pd.DataFrame, pool: list[str], num_layers: int, dtype: str = "float32") -> dict:
+def mergekit_config(weights, pool: list[str], num_layers: int, names: list[str], dtype: str = "float32") -> dict:
     """A mergekit ``linear`` config that reproduces a layer-wise (or model-level) linear merge.
 
-    Layer 0 (embeddings) and blocks 1..L get conditional weights (``filter`` = name substring);
-    the default value is the last layer's weight, which covers the final norm and lm_head.
+    Every block and every tensor outside the blocks gets a conditional weight (``filter``, a name
+    substring) from its layer's row; mergekit 0.1.5 reproduces our output bit for bit
+    (``benchmarks/merge_speed.py`` checks it).
     """
+    filters = layer_filters(names, num_layers)
     models = []
     for col, path in zip(weights.columns, pool):
         w = weights[col].tolist()
         if len(w) == 1:
             weight = float(w[0])
         else:
-            filters = _layer_filters(num_layers, "model.layers.")
-            weight = [{"filter": f, "value": float(v)} for f, v in zip(filters, w[: num_layers + 1])]
+            weight = [{"filter": f, "value": float(w[lay])} for f, lay in filters]
             weight.append({"value": float(w[num_layers])})
         models.append({"model": str(path), "parameters": {"weight": weight}})
     return {"merge_method": "linear", "models": models, "parameters": {"normalize": False}, "dtype": dtype}
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
+def _markdown_table(df) -> str:
     cols = [df.index.name or ""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for idx, row in df.iterrows():
@@ -52,7 +63,9 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 
 def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: Path | None, ref_folder: Path,
-                  num_layers: int, samples=None, engine: str = "streaming") -> None:
+                  num_layers: int, samples=None, engine: str = "streaming", names: list[str] | None = None) -> None:
+    import pandas as pd
+
     for name in ("config.json", "generation_config.json"):
         if (ref_folder / name).exists():
             shutil.copy2(ref_folder / name, folder / name)
@@ -84,7 +97,7 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
         if pool is not None:
             dtype = json.loads((ref_folder / "config.json").read_text()).get("dtype", "float32") \
                 if (ref_folder / "config.json").exists() else "float32"
-            cfg = mergekit_config(weights, pool, num_layers, dtype=str(dtype or "float32"))
+            cfg = mergekit_config(weights, pool, num_layers, names or [], dtype=str(dtype or "float32"))
             (folder / MERGEKIT_YAML).write_text(yaml.safe_dump(cfg, sort_keys=False))
             parts += ["", f"`{MERGEKIT_YAML}` reproduces this linear merge with `mergekit-yaml {MERGEKIT_YAML} OUT`."]
     for k, df in tables.items():

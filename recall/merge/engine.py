@@ -2,14 +2,17 @@
 
 Both validate the inputs, run the method's ``prepare`` once, then call its ``merge_tensor`` for
 every parameter in the same order with the same float32 inputs, so their outputs agree bit for
-bit. The streaming engine reads one tensor at a time from each input and streams the result into
-pre-planned output shards: peak memory is a few tensors, not a model, so models larger than RAM
-can be merged. The in-memory engine loads every input first (faster on small models, and what
-``merge_state_dicts`` offers to code that already holds state dicts).
+bit. The streaming engine reads one tensor at a time from each input (for element-wise methods,
+one chunk of a large tensor at a time) and streams the result into pre-planned output shards:
+peak memory is a few chunks, not a model, so models larger than RAM can be merged. The in-memory
+engine loads every input first (what ``merge_state_dicts`` offers to code that already holds
+state dicts). The tensor loop runs on one thread: it is memory-bound, and extra threads only
+wait on each other (measured in ``benchmarks/merge_speed.py``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +27,7 @@ from .safetensors_io import LazyCheckpoint, ShardWriter, plan_shards, shard_name
 
 ENGINES = ("streaming", "memory")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per input; a multiple of every SIMD width
 
 
 def _is_float(dtype: torch.dtype) -> bool:
@@ -31,7 +35,14 @@ def _is_float(dtype: torch.dtype) -> bool:
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
-    if _is_float(t.dtype) and not bool(torch.isfinite(t).all()):
+    """Exact: a finite float32/float64 sum means every element is finite (inf and NaN propagate through
+    a sum); only a non-finite sum (an inf/NaN, or an overflow) needs the element-wise check."""
+    if not _is_float(t.dtype) or t.numel() == 0:
+        return
+    total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    if math.isfinite(float(total)):
+        return
+    if not bool(torch.isfinite(t).all()):
         raise MergeError(f"{what} contains NaN or Inf; fix or re-train that model before merging")
 
 
@@ -136,20 +147,42 @@ def merge_models(method: MergeMethod, models: list, out, base=None, samples=None
     ref = cks[-1]
     specs = [(n, ref.entries[n].dtype, ref.entries[n].shape) for n in names]
     shards = plan_shards(specs, max_shard_bytes)
-    with atomic_dir(out, force=force) as tmp:
-        bar = tqdm(total=len(names), desc=f"merge ({method.name}, {engine})", unit="tensor", disable=not progress)
-        for fname, idx in zip(shard_names(len(shards)), shards):
-            writer = ShardWriter(tmp / fname, [specs[i] for i in idx])
-            for i in idx:
-                name = names[i]
-                writer.write(name, _merge_one(method, name, layer[name], get_base, getters, models, base))
-                bar.update()
-            writer.close()
-        bar.close()
-        write_index(tmp, specs, shards, sum(ref.entries[n].nbytes for n in names))
-        write_outputs(tmp, method, models=models, base=base, ref_folder=models[-1], num_layers=L,
-                      samples=samples, engine=engine)
+    chunked = engine == "streaming" and method.elementwise
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with atomic_dir(out, force=force) as tmp:
+            bar = tqdm(total=len(names), desc=f"merge ({method.name}, {engine})", unit="tensor",
+                       disable=not progress)
+            for fname, idx in zip(shard_names(len(shards)), shards):
+                writer = ShardWriter(tmp / fname, [specs[i] for i in idx])
+                for i in idx:
+                    name = names[i]
+                    if chunked and ref.numel(name) > CHUNK_ELEMENTS and _is_float(ref.entries[name].dtype):
+                        _merge_chunked(method, name, layer[name], base_ck, cks, models, base, writer)
+                    else:
+                        writer.write(name, _merge_one(method, name, layer[name], get_base, getters, models, base))
+                    bar.update()
+                writer.close()
+            bar.close()
+            write_index(tmp, specs, shards, sum(ref.entries[n].nbytes for n in names))
+            write_outputs(tmp, method, models=models, base=base, ref_folder=models[-1], num_layers=L,
+                          samples=samples, engine=engine, names=names)
+    finally:
+        torch.set_num_threads(threads)
     return out
+
+
+def _merge_chunked(method: MergeMethod, name: str, layer: int, base_ck: LazyCheckpoint | None,
+                   cks: list[LazyCheckpoint], models: list[Path], base: Path | None, writer: ShardWriter) -> None:
+    """An element-wise method on one large tensor, ``CHUNK_ELEMENTS`` elements at a time."""
+    total = cks[-1].numel(name)
+    for start in range(0, total, CHUNK_ELEMENTS):
+        n = min(CHUNK_ELEMENTS, total - start)
+        get_base = (lambda _n: base_ck.get_flat(name, start, n)) if base_ck is not None else None
+        getters = [(lambda _n, ck=ck: ck.get_flat(name, start, n)) for ck in cks]
+        writer.write_part(name, _merge_one(method, name, layer, get_base, getters, models, base))
+    writer.end_tensor(name)
 
 
 def _merge_one(method: MergeMethod, name: str, layer: int, get_base: Callable | None, getters: list[Callable],

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .base import MergeContext, MergeError, MergeMethod
@@ -47,10 +46,12 @@ def check_weights(table: np.ndarray, num_layers: int, pool_size: int) -> None:
 class LayerLinear(MergeMethod):
     """Layer-wise linear merge with weights read from a CSV (index: layer; columns: pool models)."""
 
+    elementwise = True
+
     weights: str = ""
     include_base: bool = True
     _table: np.ndarray | None = field(default=None, repr=False)
-    _frame: pd.DataFrame | None = field(default=None, repr=False)
+    _frame: object | None = field(default=None, repr=False)  # pandas DataFrame
     _paths: list[str] = field(default_factory=list, repr=False)
 
     reference = "layer-wise linear interpolation (RECALL's merge step, Wang et al. 2025)"
@@ -60,6 +61,8 @@ class LayerLinear(MergeMethod):
             raise MergeError("layer_linear needs a weights table: pass weights=PATH to a CSV (e.g. a recall_weights.csv)")
 
     def prepare(self, ctx: MergeContext) -> None:
+        import pandas as pd
+
         try:
             frame = pd.read_csv(self.weights, index_col=0)
         except (OSError, ValueError) as e:
@@ -69,6 +72,8 @@ class LayerLinear(MergeMethod):
         self.set_table(frame.to_numpy(dtype=float), names, paths)
 
     def set_table(self, table: np.ndarray, names: list[str], paths: list[str]) -> None:
+        import pandas as pd
+
         self._table = np.asarray(table, dtype=np.float64)
         self._frame = pd.DataFrame(self._table, columns=names,
                                    index=pd.RangeIndex(len(self._table), name="layer"))

@@ -98,6 +98,8 @@ def softmax_weights(losses: list[float], temperature: float) -> list[float]:
 class LMCocktail(MergeMethod):
     """Weighted average of whole models, weights = softmax(-loss on a few new-task samples / temperature)."""
 
+    elementwise = True
+
     temperature: float = 5.0
     n_samples: int = 5
     include_base: bool = True

@@ -47,6 +47,8 @@ def max_magnitude(tvs: list[torch.Tensor]) -> torch.Tensor:
 class MagMax(MergeMethod):
     """base + lam * (per-entry maximum-magnitude task vector)."""
 
+    elementwise = True
+
     lam: float = DEFAULT_LAM
 
     needs_base: ClassVar[bool] = True

@@ -23,17 +23,13 @@ import gc
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from ..representations import layer_representations
-from ..similarity import SIMILARITIES, similarity_matrix, similarity_to_reference
-from ..typical import select_typical
-from ..weights import centrality_weights, layer_weights
 from .base import MergeContext, MergeError, MergeMethod, check_positive
 from .layer_linear import LayerLinear, pool_names
 from .registry import register
 
 SELECTIONS = ("kmeans", "random", "minibatch")
+SIMILARITY_NAMES = ("rbf", "cka_rbf", "cka_linear", "cosine", "combo")  # recall.similarity.SIMILARITIES
 WEIGHTINGS = ("softmax", "centrality")
 
 
@@ -61,7 +57,7 @@ class RecallMerge(LayerLinear):
     pooling: str = "mean"
     cluster_layer: int = -1
     max_length: int = 512
-    _similarity: pd.DataFrame | None = field(default=None, repr=False)
+    _similarity: object | None = field(default=None, repr=False)  # pandas DataFrame
     _selected: list[int] = field(default_factory=list, repr=False)
 
     needs_samples = True
@@ -73,8 +69,8 @@ class RecallMerge(LayerLinear):
         check_positive("temperature", self.temperature)
         if self.selection not in SELECTIONS:
             raise MergeError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
-        if self.similarity not in SIMILARITIES:
-            raise MergeError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        if self.similarity not in SIMILARITY_NAMES:
+            raise MergeError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITY_NAMES)}")
         if self.weighting not in WEIGHTINGS:
             raise MergeError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
 
@@ -84,7 +80,13 @@ class RecallMerge(LayerLinear):
         return opts
 
     def prepare(self, ctx: MergeContext) -> None:
+        import pandas as pd
+
         from ..assets import load_model
+        from ..representations import layer_representations
+        from ..similarity import similarity_matrix, similarity_to_reference
+        from ..typical import select_typical
+        from ..weights import centrality_weights, layer_weights
 
         texts = [s.text for s in (ctx.samples or [])]
         if not texts or not any(t.strip() for t in texts):

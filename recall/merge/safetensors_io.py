@@ -112,6 +112,20 @@ class LazyCheckpoint:
             return torch.empty(e.shape, dtype=e.dtype)
         return torch.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
 
+    def get_flat(self, name: str, start: int, count: int) -> torch.Tensor:
+        """Elements ``start .. start+count`` of the flattened tensor ``name`` (one read of just those bytes)."""
+        e = self.entries[name]
+        size = torch.empty((), dtype=e.dtype).element_size()
+        buf = bytearray(count * size)
+        with open(e.file, "rb") as f:
+            f.seek(e.start + start * size)
+            if f.readinto(buf) != len(buf):
+                raise MergeError(f"{e.file}: short read for tensor {name}; the file is damaged")
+        return torch.frombuffer(buf, dtype=e.dtype) if count else torch.empty(0, dtype=e.dtype)
+
+    def numel(self, name: str) -> int:
+        return torch.Size(self.entries[name].shape).numel()
+
     def load_all(self) -> dict[str, torch.Tensor]:
         return {n: self.get(n) for n in self.names()}
 
@@ -154,9 +168,24 @@ class ShardWriter:
         if name != exp_name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise RuntimeError(f"shard writer expected {exp_name} {dtype} {shape}, got {name} "
                                f"{tensor.dtype} {tuple(tensor.shape)}")
-        if n:
-            t = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        self.write_part(name, tensor.reshape(-1))
+        self.end_tensor(name)
+
+    def write_part(self, name: str, flat: torch.Tensor) -> None:
+        """Append the next elements of the current tensor (chunked writes); finish with ``end_tensor``."""
+        exp_name, dtype, _, n = self.expected[self.i]
+        if name != exp_name or flat.dtype != dtype:
+            raise RuntimeError(f"shard writer expected {exp_name} {dtype}, got {name} {flat.dtype}")
+        if flat.numel():
+            t = flat.detach().cpu().contiguous().view(torch.uint8)
             self.f.write(memoryview(t.numpy()))
+        self._written = getattr(self, "_written", 0) + flat.numel() * flat.element_size()
+
+    def end_tensor(self, name: str) -> None:
+        exp_name, _, _, n = self.expected[self.i]
+        if getattr(self, "_written", 0) != n:
+            raise RuntimeError(f"shard writer: tensor {exp_name} got {getattr(self, '_written', 0)} of {n} bytes")
+        self._written = 0
         self.i += 1
 
     def close(self) -> None:

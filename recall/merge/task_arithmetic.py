@@ -39,6 +39,8 @@ def add_task_vectors(base: torch.Tensor, tvs: list[torch.Tensor], lam: float) ->
 class TaskArithmetic(MergeMethod):
     """base + lam * (sum of task vectors)."""
 
+    elementwise = True
+
     lam: float = DEFAULT_LAM
 
     needs_base: ClassVar[bool] = True
