@@ -54,6 +54,10 @@ class Run:
     _data: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        if self.profile.model == "tiny":  # tiny kernels gain nothing from threads and lose a lot on busy machines
+            import torch
+
+            torch.set_num_threads(1)
         self.root = cache_dir() / "runs" / self.profile.name / f"seed{self.seed}"
         self.root.mkdir(parents=True, exist_ok=True)
 

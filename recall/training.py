@@ -718,6 +718,22 @@ def _fingerprint(model_path, samples, config: TrainConfig, ewc: EWCState | None)
             {"tasks": list(ewc.tasks), "n_samples": ewc.n_samples}}
 
 
+def _reusable(out: Path, fp: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """True when ``out`` holds a finished checkpoint with fingerprint ``fp`` (keys in ``ignore`` not compared);
+    False when it does not exist; an error when it is incomplete or was made from other inputs."""
+    if not out.exists():
+        return False
+    if not is_complete_checkpoint(out):
+        raise FileExistsError(f"{out} exists but is not a complete training checkpoint; delete it or "
+                              f"choose another output folder")
+    old = json.loads((out / TRAINING_META).read_text())
+    diffs = [k for k in fp if k not in ignore and old.get("fingerprint", {}).get(k) != fp[k]]
+    if diffs:
+        raise ValueError(f"{out} holds a checkpoint trained with different {', '.join(diffs)}; delete it "
+                         f"or choose another output folder")
+    return True
+
+
 def train_and_save(model_path: str | os.PathLike, samples: Sequence[Sample], config: TrainConfig,
                    out_dir: str | os.PathLike, ewc: EWCState | None = None, progress: bool = True) -> Path:
     """Load ``model_path`` (``smollm2`` or a folder), fine-tune, save a plain checkpoint to ``out_dir``.
@@ -732,15 +748,7 @@ def train_and_save(model_path: str | os.PathLike, samples: Sequence[Sample], con
     _check_samples(samples)
     out = Path(out_dir)
     fp = _fingerprint(model_path, samples, config, ewc)
-    if out.exists():
-        if not is_complete_checkpoint(out):
-            raise FileExistsError(f"{out} exists but is not a complete training checkpoint; delete it or "
-                                  f"choose another output folder")
-        old = json.loads((out / TRAINING_META).read_text())
-        diffs = [k for k in fp if old.get("fingerprint", {}).get(k) != fp[k]]
-        if diffs:
-            raise ValueError(f"{out} holds a checkpoint trained with different {', '.join(diffs)}; delete it "
-                             f"or choose another output folder")
+    if _reusable(out, fp):
         return out
     model, tokenizer = load_model(model_path)
     result = finetune(model, tokenizer, samples, config, ewc=ewc, progress=progress)
@@ -839,9 +847,12 @@ def sequential_finetune(model_path: str | os.PathLike, task_order: Sequence[str]
 
     for i, task in enumerate(order, 1):
         ckpt = root / f"step{i}_{task}"
-        state = None if is_complete_checkpoint(ckpt) else ewc_state()
-        train_and_save(current, samples_by_task[task], config, ckpt, ewc=state, progress=progress)
-        del state
+        # a finished step is reused without recomputing the Fishers it was trained with (its EWC
+        # fingerprint is not compared; base, config and samples are)
+        if not _reusable(ckpt, _fingerprint(current, samples_by_task[task], config, None), ignore=("ewc",)):
+            state = ewc_state()
+            train_and_save(current, samples_by_task[task], config, ckpt, ewc=state, progress=progress)
+            del state
         result = ckpt
         if after_task is not None:
             box = [after_task(i, task, ckpt) if _is_main_process() else None]

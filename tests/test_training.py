@@ -285,6 +285,10 @@ def test_sequential_ewc_caches_fisher(base, tmp_path):
     assert not (tmp_path / "ewc" / "step2_b.fisher.safetensors").exists()  # the last task needs none
     meta = json.loads((paths[1] / "training.json").read_text())
     assert meta["fingerprint"]["ewc"] == {"tasks": ["a"], "n_samples": 2} and meta["result"]["penalties"]
+    # a rerun resumes from the finished steps (no retraining, no error about the EWC fingerprint)
+    mtimes = [(p / "model.safetensors").stat().st_mtime_ns for p in paths]
+    again = sequential_finetune(base, ["a", "b"], by_task, config, tmp_path / "ewc", ewc=True, progress=False)
+    assert again == paths and [(p / "model.safetensors").stat().st_mtime_ns for p in again] == mtimes
     with pytest.raises(ValueError, match="ewc_lambda > 0"):
         sequential_finetune(base, ["a"], by_task, cfg("lora"), tmp_path / "x", ewc=True)
 
