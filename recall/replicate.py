@@ -1,0 +1,239 @@
+"""Run the result notebooks of one profile with papermill: ``python -m recall.replicate --profile cpu``.
+
+    python -m recall.replicate --profile cpu                        # all notebooks, seed 0
+    python -m recall.replicate --profile smoke --notebooks 01 04   # a selection (number prefixes or names)
+    python -m recall.replicate --profile cpu --notebooks 04 -y 'task_order: [trec, bbc, sms, ng, rt]'
+    python -m recall.replicate --profile cpu --param task_order='[trec, bbc, sms, ng, rt]'
+    python -m recall.replicate --profile smoke --results-root /tmp/res   # results elsewhere (tests)
+
+First prints the profile's budget plan (``recall.profiles.plan``), then executes each notebook of
+``notebooks/`` in order with papermill's Python API (kernel ``python3``, working folder ``notebooks/``,
+parameters ``profile``, ``seed`` and any extra parameter the notebook declares), showing papermill's
+progress bar. The notebooks write their tables and figures to ``<results root>/<profile>/`` and record
+provenance there; the executed notebook goes to ``<results root>/<profile>/notebooks/<name>.ipynb``
+(written under a temporary name and renamed when the run succeeded, with long text outputs trimmed).
+A notebook run with another ``task_order`` is saved as ``<name>-order-<tasks>.ipynb``, one with a seed other
+than 0 as ``<name>-seed<n>.ipynb`` (its tables go to the subfolder ``seed<n>/``).
+
+The results root is ``--results-root``, else ``$RECALL_RESULTS``, else ``results/`` in the repository;
+the option sets ``RECALL_RESULTS`` for the kernels. A failing notebook stops the run: the error names the
+notebook and the failing cell, and the partly executed notebook is kept as ``<name>.failed.ipynb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .profiles import PROFILES, get_profile, plan
+from .results import repo_root
+
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+MAX_TEXT_OUTPUT = 4000  # characters kept of each text output of the executed notebooks
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def available_notebooks() -> list[Path]:
+    return sorted(p for p in notebooks_dir().glob("[0-9]*.ipynb"))
+
+
+def select_notebooks(selection: list[str] | None) -> list[Path]:
+    """Notebooks by number prefix (``01``), full name (``01_representations``) or file name, in run order."""
+    found = available_notebooks()
+    if not found:
+        raise SystemExit(f"no notebooks in {notebooks_dir()} (generate them: python notebooks/_make_notebooks.py)")
+    if not selection:
+        return found
+    out = []
+    for s in selection:
+        s = s.removesuffix(".ipynb")
+        hits = [p for p in found if p.stem == s or p.stem.split("_", 1)[0] == s]
+        if not hits:
+            raise SystemExit(f"unknown notebook {s!r}; choose from {', '.join(p.stem for p in found)}")
+        out += [p for p in hits if p not in out]
+    return sorted(out)
+
+
+def parse_params(pairs: list[str], yamls: list[str]) -> dict:
+    """``key=YAML`` pairs and ``'key: value'`` YAML mappings -> a dict of parameters."""
+    params: dict = {}
+    for y in yamls:
+        data = yaml.safe_load(y)
+        if not isinstance(data, dict):
+            raise SystemExit(f"-y expects a YAML mapping such as 'task_order: [trec, bbc]', got {y!r}")
+        params.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--param expects key=value (value in YAML), got {pair!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    for key in ("profile", "seed"):
+        if key in params:
+            raise SystemExit(f"pass {key} with --{key}, not as an extra parameter")
+    return params
+
+
+def declared_parameters(path: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def output_name(stem: str, params: dict) -> str:
+    """The executed notebook's name: ``stem``, plus ``-seed<n>`` for a seed other than 0 and ``-order-<tasks>``
+    for an explicit task order (the notebooks write those results to subfolders too)."""
+    name = stem
+    if params.get("seed"):
+        name += f"-seed{params['seed']}"
+    order = params.get("task_order")
+    if order:
+        name += f"-order-{'-'.join(map(str, order))}"
+    return name
+
+
+def _trim_outputs(nb, limit: int = MAX_TEXT_OUTPUT):
+    """Keep executed notebooks small: long streams and text reprs keep their last ``limit`` characters."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and len(out.get("text", "")) > limit:
+                out["text"] = f"[... {len(out['text']) - limit} characters trimmed ...]\n" + out["text"][-limit:]
+            data = out.get("data", {})
+            if "text/plain" in data and len(data["text/plain"]) > limit:
+                data["text/plain"] = data["text/plain"][:limit] + "\n[... trimmed ...]"
+    return nb
+
+
+def _failure(stem: str, err, failed_path: Path) -> NotebookFailed:
+    cell = getattr(err, "exec_count", None)
+    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    where = f" in cell [{cell}]" if cell is not None else ""
+    return NotebookFailed(f"notebook {stem} failed{where}: {ename}: {evalue}\n"
+                          f"the partly executed notebook with the traceback: {failed_path}")
+
+
+def run_notebook(path: Path, out_dir: Path, params: dict, kernel: str = "python3", progress: bool = True,
+                 timeout: int | None = None) -> Path:
+    """Execute one notebook with papermill; returns the executed notebook's path (written atomically)."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = output_name(path.stem, params)
+    final = out_dir / f"{name}.ipynb"
+    tmp = out_dir / f".{name}.partial.ipynb"
+    failed = out_dir / f"{name}.failed.ipynb"
+    try:
+        papermill.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel,
+                                   cwd=str(path.parent), progress_bar=progress, log_output=False,
+                                   execution_timeout=timeout)
+    except PapermillExecutionError as e:
+        if tmp.exists():
+            os.replace(tmp, failed)
+        raise _failure(name, e, failed) from None
+    except BaseException:
+        if tmp.exists():
+            os.replace(tmp, failed)
+        raise
+    nb = _trim_outputs(nbformat.read(str(tmp), as_version=4))
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, final)
+    if failed.exists():
+        failed.unlink()
+    return final
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m recall.replicate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="cpu", help=f"profile ({', '.join(PROFILES)}); default cpu")
+    ap.add_argument("--notebooks", nargs="+", metavar="NB", help="notebooks to run (e.g. 01 03); default all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=YAML",
+                    help="extra notebook parameter, value in YAML (repeatable), e.g. task_order='[trec, bbc]'")
+    ap.add_argument("-y", "--yaml", action="append", default=[], metavar="YAML",
+                    help="extra parameters as a YAML mapping, papermill style: -y 'task_order: [trec, bbc]'")
+    ap.add_argument("--results-root", type=Path, help="results root (default $RECALL_RESULTS or results/)")
+    ap.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3: this environment)")
+    ap.add_argument("--timeout", type=int, help="per-cell execution timeout in seconds (default none)")
+    ap.add_argument("--threads", type=int, help="CPU threads of the kernels (OMP_NUM_THREADS, MKL_NUM_THREADS); "
+                    "default: 1 for the tiny model of the smoke profile (tiny matrices gain nothing from threads and "
+                    "lose a lot on a busy machine), else the environment's setting")
+    ap.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
+    ap.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
+    args = ap.parse_args(argv)
+
+    try:
+        profile = get_profile(args.profile)
+    except ValueError as e:
+        ap.error(str(e))
+    selected = select_notebooks(args.notebooks)
+    extra = parse_params(args.param, args.yaml)
+    declared = {p.stem: declared_parameters(p) for p in selected}
+    if args.list:
+        for stem, d in declared.items():
+            print(f"{stem}: " + ", ".join(f"{k} = {v['default']}" for k, v in d.items()))
+        return 0
+    unused = sorted(k for k in extra if not any(k in d for d in declared.values()))
+    if unused:
+        ap.error(f"no selected notebook declares parameter(s) {', '.join(unused)}")
+
+    root = args.results_root or Path(os.environ.get("RECALL_RESULTS", repo_root() / "results"))
+    root = root.resolve()
+    os.environ["RECALL_RESULTS"] = str(root)
+    for k, v in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    threads = args.threads or (1 if profile.model == "tiny" and "OMP_NUM_THREADS" not in os.environ else None)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+    print(f"recall replicate: profile {profile.name} ({profile.notes}), seed {args.seed}")
+    print(plan(profile).report())
+    print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
+    out_dir = root / profile.name / "notebooks"
+    times = []
+    t_all = time.time()
+    for path in selected:
+        params = {"profile": profile.name, "seed": args.seed}
+        params.update({k: v for k, v in extra.items() if k in declared[path.stem]})
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        print(f"\n== {path.stem} ({shown})", flush=True)
+        t0 = time.time()
+        try:
+            out = run_notebook(path, out_dir, params, kernel=args.kernel, progress=not args.no_progress,
+                               timeout=args.timeout)
+        except NotebookFailed as e:
+            print(f"\nERROR: {e}", file=sys.stderr, flush=True)
+            _print_times(times, time.time() - t_all)
+            return 1
+        times.append((path.stem, time.time() - t0))
+        print(f"   done in {times[-1][1]:.1f} s -> {out}", flush=True)
+    _print_times(times, time.time() - t_all)
+    return 0
+
+
+def _print_times(times: list, total: float) -> None:
+    if not times:
+        return
+    print("\nwall time per notebook:")
+    for stem, s in times:
+        print(f"  {stem:28s} {s:8.1f} s")
+    print(f"  {'total':28s} {total:8.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
