@@ -143,8 +143,8 @@ def mergekit_versions(py: Path) -> dict:
 
 
 REPS_VARIANTS = {
-    "as-is": "layer_representations(model, ...) as RECALL calls it (fp32, logits over the whole vocabulary)",
-    "no-lm-head": "prototype: layer_representations(model.model, ...): the decoder alone, no logits (same hidden states)",
+    "as-is": "layer_representations(model, ...) as RECALL calls it (fp32; the decoder alone, no logits)",
+    "no-lm-head": "layer_representations(model.model, ...): the decoder alone, no logits (same hidden states)",
     "bf16-no-lm-head": "prototype: the decoder alone, in bfloat16 (pooling still accumulates in float32)",
 }
 

@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -93,7 +93,7 @@ class Results:
         key = self.notebook + (f"/{self.dir.name}" if self.dir != self.profile_dir else "")
         data.setdefault("notebooks", {})[key] = {
             "git_commit": git_commit(),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_time_s": round(time.time() - self.t0, 1),
             "profile": profile.to_dict() if hasattr(profile, "to_dict") else profile,
             "parameters": params or {},

@@ -55,7 +55,7 @@ def make_tiny_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 384):
 def tiny_config(family: str = "llama", vocab_size: int = 384, num_layers: int = 4, hidden: int = 32,
                 tie_word_embeddings: bool = True):
     """A tiny config of one of the supported architecture families."""
-    from transformers import (Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config)
+    from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings, bos_token_id=1,
                   eos_token_id=2, pad_token_id=0)

@@ -58,9 +58,9 @@ import math
 import os
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -322,7 +322,7 @@ class EWCState:
                 raise ValueError(f"EWCState: shape of fisher[{k!r}] {tuple(f.shape)} != theta_star "
                                  f"{tuple(self.theta_star[k].shape)}")
 
-    def combine(self, newer: "EWCState", gamma: float = 1.0) -> "EWCState":
+    def combine(self, newer: EWCState, gamma: float = 1.0) -> EWCState:
         """Sequential EWC: ``F = gamma * F_self + F_newer``, anchored at ``newer.theta_star``.
 
         gamma = 1 sums the Fishers of all tasks so far; gamma < 1 is online EWC (old tasks decay).

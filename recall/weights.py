@@ -32,7 +32,8 @@ def _check_sims(s, ndim: int, what: str) -> np.ndarray:
     if s.ndim != ndim or s.shape[-1] == 0:
         raise ValueError(f"{what} must be {ndim}-D with at least one model, got shape {s.shape}")
     if not np.isfinite(s).all():
-        raise ValueError(f"{what} contain NaN or infinite values (layers {sorted(set(np.where(~np.isfinite(s))[0].tolist()))})")
+        bad = sorted(set(np.where(~np.isfinite(s))[0].tolist()))
+        raise ValueError(f"{what} contain NaN or infinite values (layers {bad})")
     return s
 
 

@@ -12,9 +12,20 @@ from recall import training
 from recall.assets import load_model
 from recall.samples import Sample
 from recall.testing import make_tiny_checkpoint
-from recall.training import (EWCState, TrainConfig, collate, encode_samples, fisher_diagonal, finetune,
-                             is_complete_checkpoint, mean_answer_loss, multitask_finetune, save_checkpoint,
-                             sequential_finetune, train_and_save)
+from recall.training import (
+    EWCState,
+    TrainConfig,
+    collate,
+    encode_samples,
+    finetune,
+    fisher_diagonal,
+    is_complete_checkpoint,
+    mean_answer_loss,
+    multitask_finetune,
+    save_checkpoint,
+    sequential_finetune,
+    train_and_save,
+)
 
 WORDS = ["fox", "dog", "markets", "films", "movie", "prize", "hockey", "grain"]
 LABELS = ["sport", "tech", "business", "politics"]

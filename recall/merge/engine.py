@@ -13,8 +13,8 @@ wait on each other (measured in ``benchmarks/merge_speed.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -179,8 +179,8 @@ def _merge_chunked(method: MergeMethod, name: str, layer: int, base_ck: LazyChec
     total = cks[-1].numel(name)
     for start in range(0, total, CHUNK_ELEMENTS):
         n = min(CHUNK_ELEMENTS, total - start)
-        get_base = (lambda _n: base_ck.get_flat(name, start, n)) if base_ck is not None else None
-        getters = [(lambda _n, ck=ck: ck.get_flat(name, start, n)) for ck in cks]
+        get_base = (lambda _n, s=start, c=n: base_ck.get_flat(name, s, c)) if base_ck is not None else None
+        getters = [(lambda _n, ck=ck, s=start, c=n: ck.get_flat(name, s, c)) for ck in cks]
         writer.write_part(name, _merge_one(method, name, layer, get_base, getters, models, base))
     writer.end_tensor(name)
 

@@ -58,7 +58,8 @@ class LayerLinear(MergeMethod):
 
     def __post_init__(self):
         if not self.weights:
-            raise MergeError("layer_linear needs a weights table: pass weights=PATH to a CSV (e.g. a recall_weights.csv)")
+            raise MergeError("layer_linear needs a weights table: pass weights=PATH to a CSV "
+                             "(e.g. a recall_weights.csv)")
 
     def prepare(self, ctx: MergeContext) -> None:
         import pandas as pd

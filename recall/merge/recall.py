@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import MergeContext, MergeError, MergeMethod, check_positive
+from .base import MergeContext, MergeError, check_positive
 from .layer_linear import LayerLinear, pool_names
 from .registry import register
 
@@ -90,7 +90,8 @@ class RecallMerge(LayerLinear):
 
         texts = [s.text for s in (ctx.samples or [])]
         if not texts or not any(t.strip() for t in texts):
-            raise MergeError("RECALL needs samples of the new task (non-empty texts): pass --samples FILE or --task NAME")
+            raise MergeError("RECALL needs samples of the new task (non-empty texts): "
+                             "pass --samples FILE or --task NAME")
         if self.k > len(texts):
             raise MergeError(f"k={self.k} typical samples requested but only {len(texts)} samples given; "
                              f"lower --k or give more samples")
