@@ -95,7 +95,7 @@ PROFILES: dict[str, Profile] = {
         ablations=("random_samples", "global_weight"),
         notes="tiny random model; checks that everything runs, numbers are meaningless"),
     "quick": Profile(
-        name="quick", n_train=48, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, sample_pool=32,
+        name="quick", n_train=32, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, sample_pool=32,
         single_methods=("recall", "average", "task_arithmetic", "ties"),
         multi_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
         sequential_methods=("sft", "recall"), multitask=False, ablations=("random_samples", "global_weight"),
@@ -158,15 +158,16 @@ class Budget:
         self.eval_tokens += evals
         self.rows.append((what, train, evals))
 
-    def seconds(self, train_ms: float = 10.0, eval_ms: float = 4.0) -> float:
+    def seconds(self, train_ms: float = 9.0, eval_ms: float = 1.2) -> float:
         return (self.train_tokens * train_ms + self.eval_tokens * eval_ms) / 1000
 
-    def report(self, train_ms: float = 10.0, eval_ms: float = 4.0) -> str:
+    def report(self, train_ms: float = 9.0, eval_ms: float = 1.2) -> str:
         lines = [f"{'unit':40s} {'train tokens':>13s} {'eval tokens':>12s}"]
         lines += [f"{w:40s} {t:13,d} {e:12,d}" for w, t, e in self.rows]
         lines.append(f"{'total':40s} {self.train_tokens:13,d} {self.eval_tokens:12,d}")
         lines.append(f"estimated time: {self.seconds(train_ms, eval_ms) / 60:.0f} min "
-                     f"(at {train_ms} ms/train token, {eval_ms} ms/eval token; measured on 2 CPU cores)")
+                     f"(at {train_ms} ms/train token, {eval_ms} ms/eval token, SmolLM2-135M on 2 idle CPU cores; "
+                     f"merging and model loading come on top)")
         return "\n".join(lines)
 
 
