@@ -283,10 +283,6 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
     return pd.concat(frames, ignore_index=True)
 
 
-def base_frame(run: Run, tasks) -> pd.DataFrame:
-    return run.evaluate_on(run.base, tasks)
-
-
 def ablations(run: Run) -> pd.DataFrame:
     """RECALL variants in the multi-model scenario, scored on the training tasks."""
     p = run.profile
@@ -376,6 +372,7 @@ def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory"
     import sys
 
     from .bench import measure
+    from .merge.layers import num_layers_of
     from .testing import make_tiny_checkpoint
 
     work = run.root / "efficiency"
@@ -385,9 +382,7 @@ def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory"
         if not (path / "config.json").exists():
             make_tiny_checkpoint(path, seed=100 + i, perturb_from=run.base, noise=1e-3)
         copies.append(path)
-    import json as _json
-
-    num_layers = _json.loads((run.base / "config.json").read_text())["num_hidden_layers"]
+    num_layers = num_layers_of(json.loads((run.base / "config.json").read_text()))
     size_mib = sum(f.stat().st_size for f in run.base.glob("*.safetensors")) / 2**20
     rows = []
     rng = np.random.default_rng(run.seed)

@@ -5,8 +5,7 @@ every parameter in the same order with the same float32 inputs, so their outputs
 bit. The streaming engine reads one tensor at a time from each input (for element-wise methods,
 one chunk of a large tensor at a time) and streams the result into pre-planned output shards:
 peak memory is a few chunks, not a model, so models larger than RAM can be merged. The in-memory
-engine loads every input first (what ``merge_state_dicts`` offers to code that already holds
-state dicts). The tensor loop runs on one thread: it is memory-bound, and extra threads only
+engine loads every input first. The tensor loop runs on one thread: it is memory-bound, and extra threads only
 wait on each other (measured in ``benchmarks/merge_speed.py``).
 """
 
@@ -205,19 +204,4 @@ def _merge_one(method: MergeMethod, name: str, layer: int, get_base: Callable | 
     return merged.to(out_dtype)
 
 
-def merge_state_dicts(method: MergeMethod, base_sd: dict | None, model_sds: list[dict], num_layers: int,
-                      prepare_ctx: MergeContext | None = None) -> dict[str, torch.Tensor]:
-    """In-memory merge of state dicts already loaded (no files, no model card). Calls ``prepare`` only when
-    ``prepare_ctx`` is given."""
-    if prepare_ctx is not None:
-        method.prepare(prepare_ctx)
-    out = {}
-    models = [Path(f"model{i}") for i in range(len(model_sds))]
-    for name in model_sds[-1]:
-        get_base = (lambda n: base_sd[n]) if base_sd is not None else None
-        getters = [(lambda n, sd=sd: sd[n]) for sd in model_sds]
-        out[name] = _merge_one(method, name, layer_of(name, num_layers), get_base, getters, models, None)
-    return out
-
-
-__all__ = ["merge_models", "merge_state_dicts", "plan_merge", "check_compatible", "ENGINES"]
+__all__ = ["merge_models", "plan_merge", "check_compatible", "ENGINES"]
