@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.merge import MergeError, get_method
+from recall.merge import MergeError, Table, get_method
 from recall.merge.engine import merge_models, plan_merge
 from recall.merge.layers import layer_of
 from recall.merge.safetensors_io import LazyCheckpoint
@@ -277,6 +277,46 @@ def test_force_replaces_existing_output(tmp_path, tiny_pool):
     out = merge_models(get_method("average"), experts, tmp_path / "o", progress=False)
     merge_models(get_method("average", include_base=True), experts, out, base=base, force=True, progress=False)
     assert json.loads((out / "merge_config.json").read_text())["options"]["include_base"] is True
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "header row"),
+    ("layer,base,m1,m2\n", "header row"),
+    ("layer,base,m1,m2\n0,0.5,0.5\n", "different number of fields"),
+    ("layer,base,m1,m2\n0,0.5,x,0\n", "not a number"),
+    ("layer,base,m1,m2\n0,0.5,,0.5\n", "not a number"),
+    ("layer,base,m1,m2\n0,nan,0.5,0.5\n", "NaN or Inf"),
+    ("layer,base,m1\n0,0.5,0.5\n", "expected \\(5, 3\\)"),
+    ("layer,base,m1,m2\n" + "".join(f"{i},0.2,0.4,0.4\n" for i in range(3)), "expected \\(5, 3\\)"),
+    (None, "cannot read weights table"),
+])
+def test_bad_weights_tables_are_refused(tmp_path, tiny_pool, content, match):
+    base, experts = tiny_pool
+    csv = tmp_path / "w.csv"
+    if content is not None:
+        csv.write_text(content)
+    with pytest.raises(MergeError, match=match):
+        merge_models(get_method("layer_linear", weights=str(csv)), experts, tmp_path / "out", base=base,
+                     progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("frame", [
+    pd.DataFrame(np.random.default_rng(0).random((5, 3)), columns=["base", "model 0", "model 1"],
+                 index=pd.RangeIndex(5, name="layer")),
+    pd.DataFrame([[1 / 3, 2 / 3]], columns=["base", "new"], index=pd.RangeIndex(1, name="layer")),
+    pd.DataFrame({"path": ["a", "b"], "loss": [0.25, float("nan")], "weight": [1.0, 0.0]},
+                 index=pd.Index(["base", "model 0"], name="model")),
+])
+def test_table_csv_is_the_pandas_csv(frame):
+    table = Table.from_frame(frame)
+    assert table.to_csv() == frame.to_csv(lineterminator="\n")
+    assert len(table) == len(frame) and table.columns == tuple(frame.columns)
+    if frame.dtypes.map(lambda d: d.kind == "f").all():
+        back = Table.read_csv(frame.to_csv())
+        np.testing.assert_array_equal(back.to_numpy(), frame.to_numpy())
+        assert back.index == tuple(frame.index) and back.index_name == frame.index.name
+        pd.testing.assert_frame_equal(back.to_frame(), frame, check_index_type=False)
 
 
 def test_plan_merge(tiny_pool):

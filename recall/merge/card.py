@@ -10,7 +10,7 @@ import yaml
 
 from .. import __version__
 from ..assets import copy_tokenizer
-from .base import MergeError, MergeMethod
+from .base import MergeError, MergeMethod, Table
 from .layers import _BLOCK, layer_of
 
 WEIGHTS_CSV = "recall_weights.csv"
@@ -41,9 +41,10 @@ def mergekit_config(weights, pool: list[str], num_layers: int, names: list[str],
     (``benchmarks/merge_speed.py`` checks it).
     """
     filters = layer_filters(names, num_layers)
+    weights = _as_table(weights)
     models = []
-    for col, path in zip(weights.columns, pool):
-        w = weights[col].tolist()
+    for j, path in enumerate(pool):
+        w = [float(v) for v in weights.rows[:, j]]
         if len(w) == 1:
             weight = float(w[0])
         else:
@@ -53,27 +54,25 @@ def mergekit_config(weights, pool: list[str], num_layers: int, names: list[str],
     return {"merge_method": "linear", "models": models, "parameters": {"normalize": False}, "dtype": dtype}
 
 
-def _markdown_table(df) -> str:
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        cells = [str(idx)] + [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _as_table(value) -> Table | None:
+    """A report entry as a ``Table`` (a pandas DataFrame is converted without importing pandas), else None."""
+    if isinstance(value, Table):
+        return value
+    if hasattr(value, "to_numpy") and hasattr(value, "columns") and hasattr(value, "index"):
+        return Table.from_frame(value)
+    return None
 
 
 def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: Path | None, ref_folder: Path,
                   num_layers: int, samples=None, engine: str = "streaming", names: list[str] | None = None) -> None:
-    import pandas as pd
-
     for name in ("config.json", "generation_config.json"):
         if (ref_folder / name).exists():
             shutil.copy2(ref_folder / name, folder / name)
     copy_tokenizer(ref_folder, folder)
     report = dict(method.report())
-    weights = report.pop("weights", None)
+    weights = _as_table(report.pop("weights", None))
     pool = report.pop("pool", None)
-    tables = {k: report.pop(k) for k in list(report) if isinstance(report[k], pd.DataFrame)}
+    tables = {k: _as_table(report.pop(k)) for k in list(report) if _as_table(report[k]) is not None}
     info = {"recall_version": __version__, "method": method.name, "reference": method.reference,
             "options": method.options(), "base": str(base) if base else None, "models": [str(m) for m in models],
             "engine": engine, "samples": len(samples) if samples else 0, "report": report}
@@ -89,18 +88,18 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
     if report:
         parts += ["", "## Facts", ""] + [f"- {k}: {v}" for k, v in report.items()]
     if weights is not None:
-        weights.to_csv(folder / WEIGHTS_CSV)
+        (folder / WEIGHTS_CSV).write_text(weights.to_csv())
         rows = (f"Rows: layers (0 = embeddings, l = block l-1, {num_layers} = last block, final norm and lm_head)"
                 if len(weights) > 1 else "One row: the same weight for every layer")
         parts += ["", "## Merge weights", "", f"{rows}; columns: models of the pool. Also in `{WEIGHTS_CSV}`.", "",
-                  _markdown_table(weights)]
+                  weights.markdown()]
         if pool is not None:
             dtype = json.loads((ref_folder / "config.json").read_text()).get("dtype", "float32") \
                 if (ref_folder / "config.json").exists() else "float32"
             cfg = mergekit_config(weights, pool, num_layers, names or [], dtype=str(dtype or "float32"))
             (folder / MERGEKIT_YAML).write_text(yaml.safe_dump(cfg, sort_keys=False))
             parts += ["", f"`{MERGEKIT_YAML}` reproduces this linear merge with `mergekit-yaml {MERGEKIT_YAML} OUT`."]
-    for k, df in tables.items():
-        df.to_csv(folder / f"recall_{k}.csv")
-        parts += ["", f"## {k}", "", _markdown_table(df)]
+    for k, table in tables.items():
+        (folder / f"recall_{k}.csv").write_text(table.to_csv())
+        parts += ["", f"## {k}", "", table.markdown()]
     (folder / "README.md").write_text("\n".join(parts) + "\n")

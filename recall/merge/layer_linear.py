@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .base import MergeContext, MergeError, MergeMethod
+from .base import MergeContext, MergeError, MergeMethod, Table
 from .pool import model_pool, pool_labels
 from .registry import register
 
@@ -51,7 +51,7 @@ class LayerLinear(MergeMethod):
     weights: str = ""
     include_base: bool = True
     _table: np.ndarray | None = field(default=None, repr=False)
-    _frame: object | None = field(default=None, repr=False)  # pandas DataFrame
+    _names: list[str] = field(default_factory=list, repr=False)
     _paths: list[str] = field(default_factory=list, repr=False)
 
     reference = "layer-wise linear interpolation (RECALL's merge step, Wang et al. 2025)"
@@ -62,22 +62,18 @@ class LayerLinear(MergeMethod):
                              "(e.g. a recall_weights.csv)")
 
     def prepare(self, ctx: MergeContext) -> None:
-        import pandas as pd
-
         try:
-            frame = pd.read_csv(self.weights, index_col=0)
-        except (OSError, ValueError) as e:
+            with open(self.weights, encoding="utf-8") as f:
+                table = Table.read_csv(f.read(), what=f"weights table {self.weights}").to_numpy()
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise MergeError(f"cannot read weights table {self.weights}: {e}") from None
         names, paths = pool_names(ctx, self.include_base)
-        check_weights(frame.to_numpy(dtype=float), ctx.num_layers, len(names))
-        self.set_table(frame.to_numpy(dtype=float), names, paths)
+        check_weights(table, ctx.num_layers, len(names))
+        self.set_table(table, names, paths)
 
     def set_table(self, table: np.ndarray, names: list[str], paths: list[str]) -> None:
-        import pandas as pd
-
         self._table = np.asarray(table, dtype=np.float64)
-        self._frame = pd.DataFrame(self._table, columns=names,
-                                   index=pd.RangeIndex(len(self._table), name="layer"))
+        self._names = list(names)
         self._paths = list(paths)
 
     def merge_tensor(self, name, layer, base, tensors):
@@ -90,4 +86,6 @@ class LayerLinear(MergeMethod):
         return weighted_sum(pool, row)
 
     def report(self):
-        return {"weights": self._frame, "pool": self._paths} if self._frame is not None else {}
+        if self._table is None:
+            return {}
+        return {"weights": Table(tuple(self._names), self._table), "pool": self._paths}

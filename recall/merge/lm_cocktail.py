@@ -39,9 +39,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
-from .base import MergeContext, MergeError, MergeMethod, Sample, check_positive, check_unit_interval
+from .base import MergeContext, MergeError, MergeMethod, Sample, Table, check_positive, check_unit_interval
 from .layer_linear import pool_names, weighted_sum
 from .pool import model_pool
 from .registry import register
@@ -173,12 +174,10 @@ class LMCocktail(MergeMethod):
                              f"{len(pool)} tensors for {name}: pass the same base and models to prepare and merge")
         return weighted_sum(pool, self._weights)
 
-    def weights_table(self):
+    def weights_table(self) -> Table:
         """The model-level weights as a one-row table (columns: pool models), the shape ``layer_linear``
         replays from a ``recall_weights.csv``."""
-        import pandas as pd
-
-        return pd.DataFrame([self._weights], columns=self._labels, index=pd.RangeIndex(1, name="layer"))
+        return Table(tuple(self._labels), np.asarray([self._weights], dtype=np.float64))
 
     def report(self) -> dict[str, Any]:
         if self._weights is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .base import MergeContext, MergeError, check_positive
+from .base import MergeContext, MergeError, Table, check_positive
 from .layer_linear import LayerLinear, pool_names
 from .registry import register
 
@@ -61,7 +61,7 @@ class RecallMerge(LayerLinear):
     cluster_layer: int = -1
     max_length: int = 512
     dtype: str = "float32"
-    _similarity: object | None = field(default=None, repr=False)  # pandas DataFrame
+    _similarity: Table | None = field(default=None, repr=False)
     _selected: list[int] = field(default_factory=list, repr=False)
 
     needs_samples = True
@@ -86,8 +86,6 @@ class RecallMerge(LayerLinear):
         return opts
 
     def prepare(self, ctx: MergeContext) -> None:
-        import pandas as pd
-
         from ..assets import load_model
         from ..representations import layer_representations
         from ..similarity import similarity_matrix, similarity_to_reference
@@ -137,7 +135,7 @@ class RecallMerge(LayerLinear):
         if not self.layerwise:
             table = layer_weights(sim.mean(axis=0, keepdims=True), self.temperature)
         table = np.asarray(table, dtype=np.float64)
-        self._similarity = pd.DataFrame(sim, columns=names, index=pd.RangeIndex(len(sim), name="layer"))
+        self._similarity = Table(tuple(names), np.asarray(sim, dtype=np.float64))
         self.set_table(table, names, paths)
 
     def report(self):
