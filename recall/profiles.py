@@ -104,15 +104,15 @@ PROFILES: dict[str, Profile] = {
         name="cpu", n_train=64, n_test=80, max_text_tokens=40, recall_k=16, sample_pool=64,
         single_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
         sequential_methods=("sft", "ewc", "recall"),
-        ablations=("random_samples", "k_small", "cka_linear", "temp_0.1", "global_weight"),
+        ablations=("random_samples", "k_small", "cka_linear", "bandwidth_models", "temp_0.1", "global_weight"),
         notes="SmolLM2-135M on 2 CPU cores; the default of tox -e replicate"),
     "gpu": Profile(
         name="gpu", n_train=1000, n_test=500, max_text_tokens=128, epochs=2, batch_size=16, recall_k=32,
         sample_pool=256, seeds=(0, 1, 2), extra_orders=(ORDERS["order2"], ORDERS["order3"]),
         sequential_methods=("sft", "ewc", "recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail",
                             "magmax"),
-        ablations=("random_samples", "k_small", "k_large", "cka_linear", "cka_rbf", "cosine", "temp_0.1",
-                   "temp_10", "global_weight", "centrality", "no_base"),
+        ablations=("random_samples", "k_small", "k_large", "cka_linear", "cka_rbf", "cosine", "bandwidth_models",
+                   "temp_0.1", "temp_10", "global_weight", "centrality", "no_base"),
         eval_batch_size=64, device="cuda", notes="paper scale on one GPU; any model via model=..."),
 }
 
@@ -125,6 +125,7 @@ ABLATIONS: dict[str, dict] = {
     "cka_linear": {"similarity": "cka_linear"},
     "cka_rbf": {"similarity": "cka_rbf"},
     "cosine": {"similarity": "cosine"},
+    "bandwidth_models": {"bandwidth": "models"},
     "temp_0.1": {"temperature": 0.1},
     "temp_10": {"temperature": 10.0},
     "global_weight": {"layerwise": False},

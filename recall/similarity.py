@@ -5,7 +5,10 @@ allows different widths) and returns a float in [0, 1] with sim(X, X) = 1. All a
 
 - ``"rbf"`` (default; our reading of the paper, which names an RBF kernel): mean over samples of
   exp(-||x_n - y_n||^2 / (2 sigma^2)), sigma^2 = median of the pairwise squared distances among
-  all 2N points of X and Y (median heuristic, zero diagonal excluded).
+  all 2N points of X and Y (median heuristic, zero diagonal excluded; ``bandwidth="samples"``).
+  The option ``bandwidth="models"`` of ``similarity_to_reference``/``similarity_matrix`` takes
+  instead, per layer, the median of the paired distances ||x_n - y_n||^2 over the compared model
+  pairs: the scale of the differences between models rather than between samples.
 - ``"cka_rbf"``: kernel CKA with RBF kernels, bandwidth by the median heuristic per set
   (Kornblith et al. 2019).
 - ``"cka_linear"``: linear CKA (Kornblith et al. 2019).
@@ -175,27 +178,71 @@ def layer_similarity(reps_a, reps_b, measure: str | Measure = "rbf", **kw) -> np
     return np.array([fn(a[l], b[l], **kw) for l in range(a.shape[0])], dtype=np.float64)
 
 
-def similarity_to_reference(reps: Sequence, ref: int = -1, measure: str | Measure = "rbf", **kw) -> np.ndarray:
+BANDWIDTHS = ("samples", "models")
+
+
+def model_bandwidths(reps: Sequence, pairs: Sequence[tuple[int, int]], eps: float = EPS) -> np.ndarray:
+    """(L+1,) sigma^2 per layer for ``bandwidth="models"``: the median over the model ``pairs`` (i, j) and
+    the samples n of ||r_i[l, n] - r_j[l, n]||^2; when that median is 0, the mean of the nonzero
+    distances; a layer where all models agree gets ``eps`` (its similarities are then 1)."""
+    stacks = [_stack(r) for r in reps]
+    out = []
+    for l in range(stacks[0].shape[0]):
+        d = np.concatenate([((stacks[i][l] - stacks[j][l]) ** 2).sum(axis=1) for i, j in pairs])
+        s2 = float(np.median(d)) if d.size else 0.0
+        if s2 <= eps:
+            pos = d[d > eps]
+            s2 = float(pos.mean()) if pos.size else eps
+        out.append(max(s2, eps))
+    return np.array(out)
+
+
+def _check_bandwidth(bandwidth: str, measure) -> None:
+    if bandwidth not in BANDWIDTHS:
+        raise ValueError(f"unknown bandwidth {bandwidth!r}; choose one of: {', '.join(BANDWIDTHS)}")
+    if bandwidth == "models" and measure != "rbf":
+        raise ValueError(f"bandwidth='models' applies to the rbf similarity only, not {measure!r}")
+
+
+def _rbf_per_layer(x, y, sigma2: np.ndarray) -> np.ndarray:
+    a, b = _stack(x), _stack(y)
+    return np.array([rbf_similarity(a[l], b[l], sigma2=float(sigma2[l])) for l in range(a.shape[0])])
+
+
+def similarity_to_reference(reps: Sequence, ref: int = -1, measure: str | Measure = "rbf",
+                            bandwidth: str = "samples", **kw) -> np.ndarray:
     """(L+1, M): column i is model i's similarity to model ``ref`` (default the last: the newly
-    fine-tuned M_N) at each layer; column ``ref`` is the self-similarity (1)."""
+    fine-tuned M_N) at each layer; column ``ref`` is the self-similarity (1). ``bandwidth``: see the
+    module docstring (``"models"``: pairs (i, ref), i != ref)."""
     if not len(reps):
         raise ValueError("no models' representations given")
     if not -len(reps) <= ref < len(reps):
         raise ValueError(f"ref = {ref} out of range for {len(reps)} models")
+    _check_bandwidth(bandwidth, measure)
     r = reps[ref]
+    if bandwidth == "models":
+        ref_i = ref % len(reps)
+        sigma2 = model_bandwidths(reps, [(i, ref_i) for i in range(len(reps)) if i != ref_i] or [(ref_i, ref_i)])
+        return np.stack([_rbf_per_layer(x, r, sigma2) for x in reps], axis=1)
     return np.stack([layer_similarity(x, r, measure, **kw) for x in reps], axis=1)
 
 
-def similarity_matrix(reps: Sequence, measure: str | Measure = "rbf", **kw) -> np.ndarray:
+def similarity_matrix(reps: Sequence, measure: str | Measure = "rbf", bandwidth: str = "samples",
+                      **kw) -> np.ndarray:
     """(L+1, M, M): similarity of every pair of models at each layer. Measures are taken to be
-    symmetric (all built-in ones are): only i <= j is computed."""
+    symmetric (all built-in ones are): only i <= j is computed. ``bandwidth="models"``: one sigma^2 per
+    layer from all pairs i < j."""
     m = len(reps)
     if not m:
         raise ValueError("no models' representations given")
+    _check_bandwidth(bandwidth, measure)
+    sigma2 = model_bandwidths(reps, [(i, j) for i in range(m) for j in range(i + 1, m)] or [(0, 0)]) \
+        if bandwidth == "models" else None
     out = None
     for i in range(m):
         for j in range(i, m):
-            s = layer_similarity(reps[i], reps[j], measure, **kw)
+            s = _rbf_per_layer(reps[i], reps[j], sigma2) if sigma2 is not None else \
+                layer_similarity(reps[i], reps[j], measure, **kw)
             if out is None:
                 out = np.empty((s.shape[0], m, m))
             out[:, i, j] = out[:, j, i] = s

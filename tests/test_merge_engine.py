@@ -179,7 +179,8 @@ def test_recall_options_variants_run(tmp_path, tiny_pool):
     base, experts = tiny_pool
     for i, opts in enumerate([dict(selection="random"), dict(similarity="cka_linear"),
                               dict(weighting="centrality"), dict(layerwise=False), dict(include_base=False),
-                              dict(dtype="bfloat16")]):
+                              dict(dtype="bfloat16"), dict(bandwidth="models"),
+                              dict(bandwidth="models", weighting="centrality")]):
         m = get_method("recall", k=4, **opts)
         merge_models(m, experts, tmp_path / f"v{i}", base=base, samples=SAMPLES, progress=False)
         w = m.report()["weights"].to_numpy()
@@ -255,6 +256,8 @@ def test_bad_models_are_refused_and_leave_nothing(tmp_path, tiny_pool, make_bad,
      merge_models(get_method("average"), e, o, progress=False), "already exists"),
     (lambda b, e, o: get_method("recall", temperature=0), "temperature must be > 0"),
     (lambda b, e, o: get_method("recall", similarity="euclid"), "unknown similarity"),
+    (lambda b, e, o: get_method("recall", bandwidth="global"), "unknown bandwidth"),
+    (lambda b, e, o: get_method("recall", similarity="cosine", bandwidth="models"), "similarity='rbf' only"),
     (lambda b, e, o: get_method("recall", dtype="int8"), "unknown dtype"),
     (lambda b, e, o: get_method("nope"), "unknown merge method"),
     (lambda b, e, o: merge_models(get_method("recall", k=50), e, o, base=b, samples=SAMPLES, progress=False),
@@ -355,6 +358,10 @@ def test_similarity_names_match_the_registry():
     from recall.similarity import SIMILARITIES
 
     assert set(SIMILARITY_NAMES) == set(SIMILARITIES)
+    from recall.merge.recall import BANDWIDTHS as MERGE_BANDWIDTHS
+    from recall.similarity import BANDWIDTHS
+
+    assert MERGE_BANDWIDTHS == BANDWIDTHS
 
 
 @pytest.mark.parametrize("method,opts", [("layer_linear", None), ("average", {}), ("task_arithmetic", {}),

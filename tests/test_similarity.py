@@ -196,3 +196,41 @@ def test_similarity_to_reference_errors():
         similarity_to_reference(_stacks(), ref=3)
     with pytest.raises(ValueError, match="layers or samples"):
         layer_similarity(np.zeros((2, 3, 4)), np.zeros((3, 3, 4)))
+
+
+def _bandwidth_ref(reps, pairs, l):
+    return np.median([np.sum((reps[i][l, n] - reps[j][l, n]) ** 2) for i, j in pairs
+                      for n in range(reps[0].shape[1])])
+
+
+def test_models_bandwidth_matches_reference_and_spreads_similarities():
+    reps = _stacks(m=4)
+    sim = similarity_to_reference(reps, bandwidth="models")
+    pairs = [(0, 3), (1, 3), (2, 3)]
+    for l in range(1, reps[0].shape[0]):
+        s2 = _bandwidth_ref(reps, pairs, l)
+        for i in range(4):
+            want = np.mean([np.exp(-np.sum((reps[i][l, n] - reps[3][l, n]) ** 2) / (2 * s2))
+                            for n in range(reps[0].shape[1])])
+            assert sim[l, i] == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(sim[:, -1], 1.0)
+    np.testing.assert_allclose(sim[0], 1.0)  # the layer where all models agree
+    # the sample-scale bandwidth squeezes the differences between models; the model-scale one does not
+    spread = lambda s: float((s[1:, :-1].max(axis=1) - s[1:, :-1].min(axis=1)).mean())  # noqa: E731
+    assert spread(sim) > spread(similarity_to_reference(reps))
+    mat = similarity_matrix(reps, bandwidth="models")
+    np.testing.assert_allclose(mat, mat.transpose(0, 2, 1))
+    np.testing.assert_allclose(np.diagonal(mat, axis1=1, axis2=2), 1.0)
+    s2 = _bandwidth_ref(reps, [(i, j) for i in range(4) for j in range(i + 1, 4)], 2)
+    want = np.mean([np.exp(-np.sum((reps[0][2, n] - reps[1][2, n]) ** 2) / (2 * s2)) for n in range(reps[0].shape[1])])
+    assert mat[2, 0, 1] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda r: similarity_to_reference(r, bandwidth="global"), "unknown bandwidth"),
+    (lambda r: similarity_to_reference(r, measure="cka_linear", bandwidth="models"), "rbf similarity only"),
+    (lambda r: similarity_matrix(r, "cosine", bandwidth="models"), "rbf similarity only"),
+])
+def test_bandwidth_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_stacks())

@@ -32,6 +32,7 @@ from .registry import register
 SELECTIONS = ("kmeans", "random", "minibatch")
 SIMILARITY_NAMES = ("rbf", "cka_rbf", "cka_linear", "cosine", "combo")  # recall.similarity.SIMILARITIES
 WEIGHTINGS = ("softmax", "centrality")
+BANDWIDTHS = ("samples", "models")  # recall.similarity.BANDWIDTHS
 
 
 @register("recall")
@@ -40,7 +41,9 @@ class RecallMerge(LayerLinear):
     """RECALL. Options (defaults are our reading of the paper; see the book's "What the paper leaves open"):
 
     k: number of typical samples (clusters). selection: kmeans | random | minibatch.
-    similarity: rbf | cka_rbf | cka_linear | cosine | combo. temperature: softmax temperature (> 0).
+    similarity: rbf | cka_rbf | cka_linear | cosine | combo. bandwidth (rbf only): samples (median of the
+    squared distances between samples, default) | models (median of the paired distances between the
+    models, per layer). temperature: softmax temperature (> 0).
     weighting: softmax (of the similarity to M_N) | centrality (of the mean similarity to all models).
     layerwise: False gives one global weight per model (softmax of the layer-averaged similarity): an ablation.
     include_base: whether the base model joins the pool. pooling: mean | last. cluster_layer: hidden-state
@@ -53,6 +56,7 @@ class RecallMerge(LayerLinear):
     k: int = 32
     selection: str = "kmeans"
     similarity: str = "rbf"
+    bandwidth: str = "samples"
     temperature: float = 1.0
     weighting: str = "softmax"
     layerwise: bool = True
@@ -75,6 +79,11 @@ class RecallMerge(LayerLinear):
             raise MergeError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         if self.similarity not in SIMILARITY_NAMES:
             raise MergeError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITY_NAMES)}")
+        if self.bandwidth not in BANDWIDTHS:
+            raise MergeError(f"unknown bandwidth {self.bandwidth!r}; choose one of {', '.join(BANDWIDTHS)}")
+        if self.bandwidth != "samples" and self.similarity != "rbf":
+            raise MergeError(f"bandwidth={self.bandwidth!r} applies to similarity='rbf' only, "
+                             f"not {self.similarity!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise MergeError(f"unknown dtype {self.dtype!r}; choose float32, bfloat16 or float16")
         if self.weighting not in WEIGHTINGS:
@@ -126,11 +135,11 @@ class RecallMerge(LayerLinear):
         reps.append(new_all[:, self._selected])
         # Stage 3: similarity to M_N per layer -> softmax weights per layer.
         if self.weighting == "centrality":
-            sim_m = similarity_matrix(reps, self.similarity)
+            sim_m = similarity_matrix(reps, self.similarity, bandwidth=self.bandwidth)
             sim = sim_m.mean(axis=2)
             table = centrality_weights(sim_m, self.temperature)
         else:
-            sim = similarity_to_reference(reps, ref=-1, measure=self.similarity)
+            sim = similarity_to_reference(reps, ref=-1, measure=self.similarity, bandwidth=self.bandwidth)
             table = layer_weights(sim, self.temperature)
         if not self.layerwise:
             table = layer_weights(sim.mean(axis=0, keepdims=True), self.temperature)
