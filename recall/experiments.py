@@ -24,6 +24,31 @@ import pandas as pd
 from .fsutil import atomic_write_text, cache_dir
 from .profiles import ABLATIONS, Profile
 
+WEIGHTS_DELETED = "WEIGHTS_DELETED.md"
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether a model folder holds all its safetensors files."""
+    from .merge.safetensors_io import INDEX_NAME, SINGLE_NAME
+
+    index = folder / INDEX_NAME
+    if index.exists():
+        return all((folder / f).exists() for f in set(json.loads(index.read_text())["weight_map"].values()))
+    return (folder / SINGLE_NAME).exists()
+
+
+def drop_weights(folder: Path) -> None:
+    """Delete a model folder's safetensors files (index first, so an interrupted deletion never looks
+    complete) and leave a note saying so."""
+    from .merge.safetensors_io import INDEX_NAME
+
+    atomic_write_text(folder / WEIGHTS_DELETED, "# Weights deleted\n\nThe weights of this merged model were "
+                      "deleted after its scores were cached, to save disk. The experiments merge it again "
+                      "when they need it; a profile with `keep_merged=True` keeps them.\n")
+    (folder / INDEX_NAME).unlink(missing_ok=True)
+    for f in sorted(folder.glob("*.safetensors")):
+        f.unlink()
+
 
 def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -52,6 +77,7 @@ class Run:
     root: Path = field(init=False)
     timings: dict = field(default_factory=dict)
     _data: dict = field(default_factory=dict, repr=False)
+    _recipes: dict = field(default_factory=dict, repr=False)  # merged folder -> what merge() was asked
 
     def __post_init__(self):
         if self.profile.model == "tiny":  # tiny kernels gain nothing from threads and lose a lot on busy machines
@@ -119,7 +145,7 @@ class Run:
         samples = [s for t in tasks for s in self.train_samples(t)]  # multi-task: finetune shuffles (seeded)
         out = self.root / "models" / f"{name}-{_key([str(start), tasks, cfg.to_dict()])}"
         t0 = time.time()
-        path = train_and_save(start, samples, cfg, out, ewc=ewc, progress=self.progress)
+        path = train_and_save(self.weights_of(start), samples, cfg, out, ewc=ewc, progress=self.progress)
         self._timed("training", t0)
         return path
 
@@ -131,25 +157,44 @@ class Run:
 
     def merge(self, method: str, models: list[Path], samples_task: str | None, base: Path | None = None,
               name: str | None = None, **options) -> Path:
-        """Merge ``models`` (oldest first) with ``method``; cached by inputs and options."""
-        from .merge import get_method
-        from .merge.engine import merge_models
-
+        """Merge ``models`` (oldest first) with ``method``; cached by inputs and options. A folder whose
+        weights ``release`` deleted is returned as is; ``evaluate`` and ``train`` merge it again if they
+        need its weights."""
         opts = {**METHOD_OPTIONS.get(method, {}), **options}
         if method == "recall":
             opts.setdefault("k", self.profile.recall_k)
         base = self.base if base is None else base
         key = _key([method, opts, [str(m) for m in models], str(base), samples_task, self.profile.sample_pool])
         out = self.root / "merged" / f"{name or method}-{key}"
-        if (out / "merge_config.json").exists():
-            return out
-        m = get_method(method, **opts)
+        self._recipes[out] = (method, list(models), samples_task, base, opts)
+        if not (out / "merge_config.json").exists():
+            self._merge(out)
+        return out
+
+    def _merge(self, out: Path) -> None:
+        from .merge import get_method
+        from .merge.engine import merge_models
+
+        method, models, samples_task, base, opts = self._recipes[out]
         samples = self.pool_samples(samples_task) if samples_task else None
         t0 = time.time()
-        merge_models(m, models, out, base=base, samples=samples, seed=self.seed, progress=self.progress,
-                     device=self.profile.device, force=True)
+        merge_models(get_method(method, **opts), models, out, base=base, samples=samples, seed=self.seed,
+                     progress=self.progress, device=self.profile.device, force=True)
         self._timed("merging", t0)
-        return out
+
+    def weights_of(self, model: Path) -> Path:
+        """``model``, merged again first if ``release`` deleted its weights."""
+        model = Path(model)
+        if model in self._recipes and not has_weights(model):
+            self._merge(model)
+        return model
+
+    def release(self, model: Path) -> None:
+        """Delete the weights of a merged model nothing more is computed from (its scores are cached),
+        unless the profile keeps them (``keep_merged``); its config, card and weights table stay."""
+        if self.profile.keep_merged or Path(model) not in self._recipes:
+            return
+        drop_weights(Path(model))
 
     def _eval_file(self, model: Path, task: str) -> Path:
         p = self.profile
@@ -168,7 +213,7 @@ class Run:
 
         p = self.profile
         t0 = time.time()
-        mdl, tok = loaded or load_model(model, device=p.device)
+        mdl, tok = loaded or load_model(self.weights_of(model), device=p.device)
         df = score_task(mdl, tok, get_task(task), self.data(task)["test"], max_text_tokens=p.max_text_tokens,
                         batch_size=p.eval_batch_size, progress=self.progress)
         atomic_write_text(f, df.to_csv(index=False))
@@ -181,7 +226,7 @@ class Run:
 
         loaded = None
         if any(not self._eval_file(model, t).exists() for t in tasks):
-            loaded = load_model(model, device=self.profile.device)
+            loaded = load_model(self.weights_of(model), device=self.profile.device)
         frames = [self.evaluate(model, t, loaded)[["example", "label", "pred", "correct"]].assign(task=t, **context)
                   for t in tasks]
         return pd.concat(frames, ignore_index=True)
@@ -211,6 +256,7 @@ def single_model(run: Run) -> pd.DataFrame:
             merged = run.merge(m, [expert], samples_task=t, name=f"single-{t}-{m}",
                                **({"include_base": True} if m == "average" else {}))
             frames.append(run.evaluate_on(merged, tasks, method=m, expert_task=t))
+            run.release(merged)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -232,6 +278,7 @@ def multi_model(run: Run) -> pd.DataFrame:
     for m in p.multi_methods:
         merged = run.merge(m, experts, samples_task=order[-1], name=f"multi-{m}")
         frames.append(run.evaluate_on(merged, run.all_tasks, method=m))
+        run.release(merged)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -293,6 +340,7 @@ def ablations(run: Run) -> pd.DataFrame:
         merged = run.merge("recall", experts, samples_task=order[-1], name=f"ablation-{name}",
                            **ABLATIONS[name])
         frames.append(run.evaluate_on(merged, p.tasks, method="recall", variant=name))
+        run.release(merged)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -369,6 +417,7 @@ def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory"
     """Wall time and peak RSS of our merge step (a given layer-wise weights table, ``recall merge --method
     layer_linear``) as a whole process, versus the number of models and the engine, on perturbed copies of
     the run's base model. For the comparison with mergekit see ``benchmarks/merge_speed.py``."""
+    import shutil
     import sys
 
     from .bench import measure
@@ -396,6 +445,7 @@ def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory"
                    "-o", "include_base=false", "--models", *copies[:n], "--out", out, "--engine", engine,
                    "--force", "--quiet"]
             res = measure(cmd, work / f"log-{n}-{engine}.txt")
+            shutil.rmtree(out, ignore_errors=True)  # only the timing is kept
             rows.append({"models": n, "engine": engine, "model_mib": round(size_mib, 1),
                          "wall_s": round(res["wall_s"], 2), "peak_rss_mib": round(res["peak_rss_mib"], 1),
                          "cpu_s": round(res["cpu_s"], 2)})

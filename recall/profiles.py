@@ -46,6 +46,9 @@ class Profile:
     # merging
     recall_k: int = 16
     sample_pool: int = 64  # candidates of the new task's training split that typical samples come from
+    # keep the weights of merged models nothing is trained from, once their scores are cached (False: delete
+    # them, about 0.5 GB each for SmolLM2-135M; the folder keeps its config, card and weights table)
+    keep_merged: bool = False
     single_methods: tuple[str, ...] = ALL_MERGES
     multi_methods: tuple[str, ...] = ALL_MERGES
     sequential_methods: tuple[str, ...] = ("sft", "ewc", "recall", "average", "task_arithmetic")

@@ -28,12 +28,17 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+# what a replication run writes itself: changes there do not make the code "dirty"
+OUTPUT_PATHS = (":(exclude)results", ":(exclude)book/results")
+
+
 def git_commit() -> str:
+    """HEAD's sha, with ``+dirty`` when tracked files outside the run's own outputs have changes."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHS],
+                               cwd=repo_root(), capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -46,6 +51,19 @@ def device_description(device: str = "cpu") -> str:
         return f"{torch.cuda.get_device_name(0)} (cuda)"
     return f"{platform.processor() or platform.machine()} cpu, {os.cpu_count()} cores, torch threads " \
            f"{torch.get_num_threads()}"
+
+
+def blas_description() -> str:
+    """The BLAS and OpenMP libraries numpy, scikit-learn and torch use, with the kernel each picked
+    (``OPENBLAS_CORETYPE`` changes it): KMeans, and so RECALL's typical samples, can depend on it."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        return "; ".join(sorted({f"{i.get('internal_api')} {i.get('version') or ''} {i.get('architecture') or ''}"
+                                 .replace("  ", " ").strip() + f" ({i.get('num_threads')} threads)"
+                                 for i in threadpool_info()}))
+    except Exception as e:  # provenance must never fail a run
+        return f"unknown ({e})"
 
 
 def library_versions() -> dict[str, str]:
@@ -98,6 +116,7 @@ class Results:
             "profile": profile.to_dict() if hasattr(profile, "to_dict") else profile,
             "parameters": params or {},
             "device": device_description(getattr(profile, "device", "cpu")),
+            "blas": blas_description(),
             "libraries": library_versions(),
             "step_timings_s": timings or {},
             "files": sorted(set(self.files)),
