@@ -467,9 +467,8 @@ def page_efficiency(res: ResultsDir, out: Path) -> Path:
     p = Page(res, out, "efficiency")
     ok = _header(p, PAGES["efficiency"][0], "06_efficiency",
                  "Cost of our layer-wise merge step given the weights (`recall merge --method layer_linear`, each run "
-                 "a "
-                 "separate process) against the number of models, with the streaming and the in-memory engine. Single "
-                 "measurements on a shared machine: no intervals.")
+                 "a separate process) against the number of models, with the streaming and the in-memory engine. "
+                 "Single measurements on a shared machine: no intervals.")
     if ok:
         e = res.csv("efficiency")
         p.table(e, index=False)

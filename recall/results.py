@@ -59,9 +59,9 @@ def blas_description() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        return "; ".join(sorted({f"{i.get('internal_api')} {i.get('version') or ''} {i.get('architecture') or ''}"
-                                 .replace("  ", " ").strip() + f" ({i.get('num_threads')} threads)"
-                                 for i in threadpool_info()}))
+        libs = {" ".join(str(i[k]) for k in ("internal_api", "version", "architecture") if i.get(k))
+                + f" ({i.get('num_threads')} threads)" for i in threadpool_info()}
+        return "; ".join(sorted(libs))
     except Exception as e:  # provenance must never fail a run
         return f"unknown ({e})"
 

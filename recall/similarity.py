@@ -53,20 +53,19 @@ def _sq_dists(z: np.ndarray) -> np.ndarray:
     return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
 
 
-def _median_offdiag(d: np.ndarray) -> float:
-    iu = np.triu_indices(d.shape[0], k=1)
-    return float(np.median(d[iu])) if iu[0].size else 0.0
+def _median_heuristic(d: np.ndarray, eps: float) -> float:
+    """sigma^2 from squared distances ``d`` (1-D): their median; when that is 0 (more than half the
+    pairs coincide), the mean of the nonzero ones; floored at ``eps``."""
+    s2 = float(np.median(d)) if d.size else 0.0
+    if s2 <= eps:
+        pos = d[d > eps]
+        s2 = float(pos.mean()) if pos.size else eps
+    return max(s2, eps)
 
 
 def _bandwidth(d: np.ndarray, eps: float) -> float:
-    """sigma^2 by the median heuristic; when the median is 0 (more than half the pairs coincide),
-    the mean of the nonzero distances; floored at ``eps``."""
-    s2 = _median_offdiag(d)
-    if s2 <= eps:
-        pos = d[np.triu_indices(d.shape[0], k=1)]
-        pos = pos[pos > eps]
-        s2 = float(pos.mean()) if pos.size else eps
-    return max(s2, eps)
+    """sigma^2 by the median heuristic over the pairs of a square distance matrix (diagonal excluded)."""
+    return _median_heuristic(d[np.triu_indices(d.shape[0], k=1)], eps)
 
 
 def rbf_similarity(x, y, sigma2: float | None = None, eps: float = EPS) -> float:
@@ -186,15 +185,9 @@ def model_bandwidths(reps: Sequence, pairs: Sequence[tuple[int, int]], eps: floa
     the samples n of ||r_i[l, n] - r_j[l, n]||^2; when that median is 0, the mean of the nonzero
     distances; a layer where all models agree gets ``eps`` (its similarities are then 1)."""
     stacks = [_stack(r) for r in reps]
-    out = []
-    for l in range(stacks[0].shape[0]):
-        d = np.concatenate([((stacks[i][l] - stacks[j][l]) ** 2).sum(axis=1) for i, j in pairs])
-        s2 = float(np.median(d)) if d.size else 0.0
-        if s2 <= eps:
-            pos = d[d > eps]
-            s2 = float(pos.mean()) if pos.size else eps
-        out.append(max(s2, eps))
-    return np.array(out)
+    return np.array([_median_heuristic(np.concatenate([((stacks[i][l] - stacks[j][l]) ** 2).sum(axis=1)
+                                                       for i, j in pairs]), eps)
+                     for l in range(stacks[0].shape[0])])
 
 
 def _check_bandwidth(bandwidth: str, measure) -> None:

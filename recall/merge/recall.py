@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..similarity import BANDWIDTHS, SIMILARITIES
 from .base import MergeContext, MergeError, Table, check_positive
 from .layer_linear import LayerLinear, pool_names
 from .registry import register
 
 SELECTIONS = ("kmeans", "random", "minibatch")
-SIMILARITY_NAMES = ("rbf", "cka_rbf", "cka_linear", "cosine", "combo")  # recall.similarity.SIMILARITIES
+SIMILARITY_NAMES = tuple(SIMILARITIES)
 WEIGHTINGS = ("softmax", "centrality")
-BANDWIDTHS = ("samples", "models")  # recall.similarity.BANDWIDTHS
 
 
 @register("recall")
