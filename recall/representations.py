@@ -7,8 +7,8 @@ norm applied). Our reading of the paper: mean over the sample's non-padding toke
 the paper says the representations are averaged over tokens); "last" (the last non-padding token)
 is the alternative.
 
-Padding is masked out and position ids are computed from the attention mask, so the result does
-not depend on the padding side or the batch size (up to float noise).
+Padding is masked out and position ids are computed from the attention mask (``recall.encoding``),
+so the result does not depend on the padding side or the batch size (up to float noise).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .encoding import collate, pad_token_id, tokenize
+
 POOLINGS = ("mean", "last")
 
 
@@ -26,17 +28,6 @@ def _model_device(model) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def _pad_batch(ids: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        sl = slice(width - len(x), width) if side == "left" else slice(0, len(x))
-        input_ids[i, sl] = torch.tensor(x, dtype=torch.long)
-        mask[i, sl] = 1
-    return input_ids, mask
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -97,9 +88,9 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
         raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
     device = torch.device(device) if device is not None else _model_device(model)
     side = getattr(tokenizer, "padding_side", "right")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id(tokenizer)
 
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    ids = [tokenize(tokenizer, t, special_tokens=True, max_length=max_length) for t in texts]
     empty = [i for i, x in enumerate(ids) if len(x) == 0]
     if empty:
         raise ValueError(f"texts at positions {empty[:10]} tokenize to no tokens; drop empty texts")
@@ -115,10 +106,11 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
                                           desc=desc or "representations") as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                input_ids, mask = _pad_batch([ids[i] for i in idx], pad_id, side)
-                position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-                res = body(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                            position_ids=position_ids.to(device), output_hidden_states=True, use_cache=False)
+                batch = collate([{"input_ids": ids[i]} for i in idx], pad_id, side)
+                mask = batch["attention_mask"]
+                res = body(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
+                            position_ids=batch["position_ids"].to(device), output_hidden_states=True,
+                            use_cache=False)
                 hidden = res.hidden_states
                 keep = _layer_indices(layers, len(hidden))
                 bmask = mask.to(device).bool()

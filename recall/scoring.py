@@ -7,8 +7,8 @@ last prompt position, plus the label's own positions for labels longer than one 
 continue from a copy of the cache). Padding-aware: left padding with explicit position ids, so a
 batch gives the same scores as one example at a time (up to float noise).
 
-Convention shared with training: prompt and answer are tokenized separately (no special tokens
-added) and their ids concatenated.
+Convention shared with training (``recall.encoding``): prompt and answer are tokenized separately,
+without special tokens (the chat template already wrote them), and their ids concatenated.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+from .encoding import collate, pad_token_id, tokenize
 
 
 def _final_hidden(model, input_ids, attention_mask, position_ids, past=None):
@@ -64,13 +62,13 @@ def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], ba
     if not candidates:
         raise ValueError("no candidate labels to score")
     device = next(model.parameters()).device
-    cand_ids = _encode(tokenizer, candidates)
+    cand_ids = [tokenize(tokenizer, c) for c in candidates]
     if any(len(c) == 0 for c in cand_ids):
         raise ValueError(f"a candidate label tokenizes to nothing: {candidates}")
-    prompt_ids = _encode(tokenizer, prompts)
+    prompt_ids = [tokenize(tokenizer, p) for p in prompts]
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("a prompt tokenizes to nothing")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     cp = _common_prefix_len(prompt_ids) if share_prefix else 0
     prefix_past = None
     if cp > 0:
@@ -80,32 +78,23 @@ def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], ba
     scores = np.zeros((len(prompts), len(candidates)), dtype=np.float64)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         idx = order[s: s + batch_size]
-        seqs = [prompt_ids[i][cp:] for i in idx]
-        b, width = len(seqs), max(len(x) for x in seqs)
-        ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, cp + width), dtype=torch.long)
-        mask[:, :cp] = 1
-        for r, x in enumerate(seqs):  # left padding between the shared prefix and each suffix
-            ids[r, width - len(x):] = torch.tensor(x)
-            mask[r, cp + width - len(x):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        # left padding between the shared prefix and each suffix
+        enc = collate([{"input_ids": prompt_ids[i][cp:]} for i in idx], pad, side="left", prefix=cp)
+        b = len(idx)
+        ids, mask, pos = (enc[k].to(device) for k in ("input_ids", "attention_mask", "position_ids"))
         past = None
         if prefix_past is not None:
             past = copy.deepcopy(prefix_past)
             past.batch_repeat_interleave(b)
-        hidden, past = _final_hidden(model, ids, mask, pos[:, cp:], past=past)
+        hidden, past = _final_hidden(model, ids, mask, pos, past=past)
         first = _logprobs(model, hidden[:, -1]).double()  # (B, V): next-token distribution after the prompt
         block = torch.stack([first[:, toks[0]] for toks in cand_ids], dim=1)  # (B, C)
         multi = [(c, toks) for c, toks in enumerate(cand_ids) if len(toks) > 1]
         if multi:  # the later tokens of multi-token labels: one forward over (example, label) rows
-            r, width2 = len(multi), max(len(t) - 1 for _, t in multi)
-            cont = torch.full((b * r, width2), pad, dtype=torch.long)
-            cmask = torch.zeros((b * r, width2), dtype=torch.long)
-            for j, (_, toks) in enumerate(multi):
-                cont[j::r, : len(toks) - 1] = torch.tensor(toks[:-1])
-                cmask[j::r, : len(toks) - 1] = 1
-            cont, cmask = cont.to(device), cmask.to(device)
+            r = len(multi)
+            enc = collate([{"input_ids": toks[:-1]} for _ in range(b) for _, toks in multi], pad)
+            cont, cmask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            width2 = cont.shape[1]
             past.batch_repeat_interleave(r)  # row i*r + j = example i, label j
             m2 = torch.cat([mask.repeat_interleave(r, dim=0), cmask], dim=1)
             p2 = pos[:, -1].repeat_interleave(r)[:, None] + 1 + torch.arange(width2, device=device)[None]

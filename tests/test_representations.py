@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.representations import layer_representations
-from recall.testing import make_tiny_checkpoint
+from recall.tiny import make_tiny_checkpoint
 
 TEXTS = ["the quick brown fox jumps over the lazy dog and keeps running", "hi", "what who where",
          "ham spam free prize call now winner", "x", "positive negative fresh rotten movie review"]

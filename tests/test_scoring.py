@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.scoring import label_loglik, score_task
 from recall.tasks import get_task, load_task
-from recall.testing import make_tiny_checkpoint
+from recall.tiny import make_tiny_checkpoint
 
 PROMPTS = [f"<|im_start|>user\nClassify: {t}<|im_end|>\n<|im_start|>assistant\n"
            for t in ["free prize call now", "the film was wonderful", "who won the hockey game in the end",

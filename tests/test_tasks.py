@@ -219,7 +219,7 @@ def test_zero_sizes():
 
 @pytest.fixture(scope="module")
 def tiny_tok(tmp_path_factory):
-    from recall.testing import make_tiny_tokenizer
+    from recall.tiny import make_tiny_tokenizer
 
     return make_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 

@@ -11,7 +11,7 @@ import torch
 from recall import training
 from recall.assets import load_model
 from recall.samples import Sample
-from recall.testing import make_tiny_checkpoint
+from recall.tiny import make_tiny_checkpoint
 from recall.training import (
     EWCState,
     TrainConfig,
@@ -21,7 +21,6 @@ from recall.training import (
     fisher_diagonal,
     is_complete_checkpoint,
     mean_answer_loss,
-    multitask_finetune,
     save_checkpoint,
     sequential_finetune,
     train_and_save,
@@ -177,15 +176,6 @@ def test_lora_result_is_a_plain_checkpoint(base, samples, tmp_path):
         save_checkpoint(model, tok, out)
 
 
-def test_multitask_finetune_uses_the_union(base):
-    model, tok = load_model(base)
-    by_task = {"a": make_samples(tok, WORDS[:4]), "b": make_samples(tok, WORDS[4:], offset=1)}
-    r = multitask_finetune(model, tok, by_task, cfg("lora", epochs=1), progress=False)
-    assert r.steps == 2  # 8 samples, batch 4
-    with pytest.raises(ValueError, match="empty"):
-        multitask_finetune(model, tok, {}, cfg())
-
-
 # --------------------------------------------------------------------------- EWC
 
 
@@ -242,7 +232,7 @@ def test_train_and_save_caches_and_rejects_stale(base, samples, tmp_path, monkey
     assert is_complete_checkpoint(out)
     meta = json.loads((out / "training.json").read_text())
     assert meta["fingerprint"]["config"]["mode"] == "lora" and meta["result"]["steps"] == 2
-    monkeypatch.setattr(training, "finetune", lambda *a, **k: pytest.fail("retrained a cached checkpoint"))
+    monkeypatch.setattr(training.checkpoints, "finetune", lambda *a, **k: pytest.fail("retrained a cached checkpoint"))
     assert train_and_save(base, samples, cfg("lora", epochs=1), out, progress=False) == out
     with pytest.raises(ValueError, match="different config"):
         train_and_save(base, samples, cfg("lora", epochs=2), out, progress=False)
@@ -256,7 +246,7 @@ def test_sequential_finetune_saves_resumes_and_hooks(base, tmp_path, monkeypatch
                "c": make_samples(tok, WORDS[2:6], offset=2)}
     calls = []
     real = training.finetune
-    monkeypatch.setattr(training, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(training.checkpoints, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
     hooked = []
 
     def after(step, task, ckpt):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.testing import make_tiny_checkpoint
+from recall.tiny import make_tiny_checkpoint
 from recall.typical import _nearest_distinct, select_typical, typical_samples
 
 

@@ -1,7 +1,8 @@
 """Tiny random checkpoints and a tiny tokenizer, built offline in well under a second.
 
-Used by the tests and by the ``smoke`` profile: real Hugging Face folders (safetensors, config,
-tokenizer with a chat template) whose models are small enough to fine-tune and merge in seconds.
+The ``smoke`` profile's model, the copies the efficiency notebook merges, and the tests' models: real
+Hugging Face folders (safetensors, config, tokenizer with a chat template) small enough to fine-tune
+and merge in seconds.
 """
 
 from __future__ import annotations
