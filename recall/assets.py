@@ -13,6 +13,7 @@ once into an fp32 safetensors Hugging Face folder (``smollm2_path()``) that load
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -165,7 +166,7 @@ def smollm2_path() -> Path:
         gguf_dir = Path(tmp) / Path(SMOLLM2_GGUF).parent
         gguf_name = Path(SMOLLM2_GGUF).name
         src = LlamaForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name, trust_remote_code=False)
         config = src.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -192,6 +193,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     if p.exists():
         if not (p / "config.json").exists():
             raise AssetError(f"{p} is not a Hugging Face model folder (no config.json)")
+        read_config(p)  # a readable config, and no remote code
         return str(p)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
         raise AssetError(f"model {s!r} is neither 'smollm2' nor a local folder, and the hub is offline "
@@ -199,20 +201,54 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     return s
 
 
-def load_model(name_or_path: str | os.PathLike = "smollm2", dtype=None, device: str | None = None):
-    """(model, tokenizer) for 'smollm2', a local Hugging Face folder, or (when online) a hub id.
+def read_config(folder: str | os.PathLike) -> dict:
+    """``config.json`` of a local model folder as a dict (``{}`` when there is none), after checking it and
+    ``tokenizer_config.json``: each must be a JSON object, and neither may hold an ``auto_map`` (a model or
+    tokenizer that needs its own Python code: recall never runs a folder's code, ``trust_remote_code=False``)."""
+    config = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        f = Path(folder) / name
+        if not f.exists():
+            continue
+        try:
+            obj = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise AssetError(f"{f} is not a readable JSON file ({e}); re-save or re-download the model") from None
+        if not isinstance(obj, dict):
+            raise AssetError(f"{f} holds a JSON {type(obj).__name__}, not an object; re-save or re-download it")
+        if "auto_map" in obj:
+            raise AssetError(f"{f} has an auto_map: the model needs its own Python code, and recall never runs "
+                             f"a folder's code (trust_remote_code=False); use a model of a built-in architecture")
+        if name == "config.json":
+            config = obj
+    return config
 
-    The tokenizer pads on the left and has a pad token. The model is in eval mode, fp32 by default.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(name_or_path: str | os.PathLike = "smollm2"):
+    """The tokenizer of 'smollm2', a local Hugging Face folder, or (when online) a hub id, set up the
+    one way the package uses it: a pad token (the eos token when it has none) and left padding. No code
+    from the folder ever runs (``trust_remote_code=False``)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path), trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    return tok
+
+
+def load_model(name_or_path: str | os.PathLike = "smollm2", dtype=None, device: str | None = None):
+    """(model, tokenizer) for 'smollm2', a local Hugging Face folder, or (when online) a hub id.
+
+    The tokenizer comes from :func:`load_tokenizer`. The model is in eval mode, fp32 by default. No code
+    from the folder ever runs (``trust_remote_code=False``; a local folder with an ``auto_map`` is refused).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=False)
     if device:
         model.to(device)
     model.eval()
@@ -220,7 +256,9 @@ def load_model(name_or_path: str | os.PathLike = "smollm2", dtype=None, device: 
 
 
 def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy the tokenizer / chat-template files of a model folder into another folder."""
+    """Copy the tokenizer / chat-template files of a model folder into another folder (never a folder whose
+    tokenizer needs its own code: :func:`read_config`)."""
+    read_config(src)
     names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
              "tokenizer.model", "chat_template.jinja", "chat_template.json", "generation_config.json",
              "added_tokens.json"]

@@ -22,8 +22,18 @@ def read_samples_file(path: str | Path) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file {path} does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"samples file {path} cannot be read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); save the "
+                         f"samples file as UTF-8") from None
     out: list[Sample] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -32,8 +42,10 @@ def read_samples_file(path: str | Path) -> list[Sample]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); write one JSON object or one plain "
                                  f"text per line") from None
-            if not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
                 raise ValueError(f"{path}:{i}: JSON line has no non-empty 'text' field")
+            if obj.get("answer") is not None and not isinstance(obj["answer"], str):
+                raise ValueError(f"{path}:{i}: 'answer' must be a string, got {obj['answer']!r}")
             out.append(Sample(obj["text"], obj.get("answer")))
         else:
             out.append(Sample(line))

@@ -15,7 +15,7 @@ from recall.merge.engine import merge_models, plan_merge
 from recall.merge.layers import layer_of
 from recall.merge.safetensors_io import LazyCheckpoint
 from recall.samples import Sample
-from recall.testing import make_tiny_checkpoint
+from recall.tiny import make_tiny_checkpoint
 
 TEXTS = [f"sample number {i} about {w} news and reviews" for i, w in
          enumerate(["business", "films", "sport", "spam", "prize", "hockey", "cars", "space", "trade", "grain"] * 2)]
@@ -254,11 +254,11 @@ def test_bad_models_are_refused_and_leave_nothing(tmp_path, tiny_pool, make_bad,
 @pytest.mark.parametrize("call,match", [
     (lambda b, e, o: merge_models(get_method("average"), e, o, progress=False) and
      merge_models(get_method("average"), e, o, progress=False), "already exists"),
-    (lambda b, e, o: get_method("recall", temperature=0), "temperature must be > 0"),
-    (lambda b, e, o: get_method("recall", similarity="euclid"), "unknown similarity"),
-    (lambda b, e, o: get_method("recall", bandwidth="global"), "unknown bandwidth"),
+    (lambda b, e, o: get_method("recall", temperature=0), "temperature must be a number > 0"),
+    (lambda b, e, o: get_method("recall", similarity="euclid"), "similarity must be one of rbf, "),
+    (lambda b, e, o: get_method("recall", bandwidth="global"), "bandwidth must be one of samples, "),
     (lambda b, e, o: get_method("recall", similarity="cosine", bandwidth="models"), "similarity='rbf' only"),
-    (lambda b, e, o: get_method("recall", dtype="int8"), "unknown dtype"),
+    (lambda b, e, o: get_method("recall", dtype="int8"), "dtype must be one of float32, "),
     (lambda b, e, o: get_method("nope"), "unknown merge method"),
     (lambda b, e, o: merge_models(get_method("recall", k=50), e, o, base=b, samples=SAMPLES, progress=False),
      "k=50"),
@@ -324,8 +324,10 @@ def test_table_csv_is_the_pandas_csv(frame):
 
 def test_plan_merge(tiny_pool):
     base, experts = tiny_pool
-    plan = plan_merge(get_method("recall"), experts, base=base, samples=SAMPLES)
+    plan = plan_merge(get_method("recall", k=4), experts, base=base, samples=SAMPLES)
     assert plan["blocks"] == 4 and plan["layers"] == 5 and plan["newest_model"] == str(experts[-1])
+    with pytest.raises(MergeError, match="k=32"):  # a plan checks what the merge would check first
+        plan_merge(get_method("recall"), experts, base=base, samples=SAMPLES)
 
 
 # ----------------------------------------------------------------------------- CLI

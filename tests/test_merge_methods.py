@@ -13,7 +13,7 @@ from recall.merge.lm_cocktail import mean_token_loss
 from recall.merge.pool import model_pool, pool_labels
 from recall.merge.ties import disjoint_mean, elect_sign, trim
 from recall.samples import Sample
-from recall.testing import make_tiny_checkpoint
+from recall.tiny import make_tiny_checkpoint
 
 NAME = "model.layers.0.mlp.up_proj.weight"
 SAMPLES = [Sample(f"Classify the text. Text: {w} news about markets and films. Label:", " tech")
@@ -244,23 +244,23 @@ BAD = [
     ("ties", {"topk": 20}, "has no option"),
     ("average", {"lam": 1.0}, "has no option"),
     ("average", {"include_base": "yes"}, "include_base"),
-    ("ties", {"density": -0.1}, "density must be in"),
-    ("ties", {"density": 1.5}, "density must be in"),
-    ("ties", {"lam": 0.0}, "lam must be > 0"),
-    ("task_arithmetic", {"lam": -1.0}, "lam must be > 0"),
-    ("magmax", {"lam": 0.0}, "lam must be > 0"),
-    ("dare", {"p": -0.1}, "p must be in"),
-    ("dare", {"p": 1.0}, "divides by zero"),
-    ("dare", {"p": 1.5}, "p must be in"),
-    ("dare", {"lam": 0.0}, "lam must be > 0"),
+    ("ties", {"density": -0.1}, r"density must be a number in \(0, 1\]"),
+    ("ties", {"density": 1.5}, r"density must be a number in \(0, 1\]"),
+    ("ties", {"lam": 0.0}, "lam must be a number > 0"),
+    ("task_arithmetic", {"lam": -1.0}, "lam must be a number > 0"),
+    ("magmax", {"lam": 0.0}, "lam must be a number > 0"),
+    ("dare", {"p": -0.1}, r"p must be a number in \[0, 1\)"),
+    ("dare", {"p": 1.0}, r"p must be a number in \[0, 1\), got 1.0 .*divides by zero"),
+    ("dare", {"p": 1.5}, r"p must be a number in \[0, 1\)"),
+    ("dare", {"lam": 0.0}, "lam must be a number > 0"),
     ("dare", {"combine": "mean"}, "combine must be one of"),
     ("dare", {"density": 0.5}, "only with combine='ties'"),
-    ("dare", {"combine": "ties", "density": 2.0}, "density must be in"),
+    ("dare", {"combine": "ties", "density": 2.0}, r"density must be a number in \(0, 1\]"),
     ("dare", {"seed": 1.5}, "seed must be an integer"),
-    ("lm_cocktail", {"temperature": 0.0}, "temperature must be > 0"),
-    ("lm_cocktail", {"temperature": -5.0}, "temperature must be > 0"),
+    ("lm_cocktail", {"temperature": 0.0}, "temperature must be a number > 0"),
+    ("lm_cocktail", {"temperature": -5.0}, "temperature must be a number > 0"),
     ("lm_cocktail", {"n_samples": 0}, "n_samples"),
-    ("lm_cocktail", {"alpha": 1.5}, "alpha must be in"),
+    ("lm_cocktail", {"alpha": 1.5}, r"alpha must be a number in \[0, 1\]"),
 ]
 
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import MergeError, MergeMethod
+from .base import MergeError, MergeMethod, opt
 from .pool import model_pool
 from .registry import register
 
@@ -39,17 +39,15 @@ def mean_of(tensors: list[torch.Tensor]) -> torch.Tensor:
 class Average(MergeMethod):
     """Uniform average of the models' parameters (optionally with the base's)."""
 
+    label = "Average"
+
     elementwise = True
 
-    include_base: bool = False
+    include_base: bool = opt(False, bool, doc="the base model, when given, joins the average")
 
     needs_base: ClassVar[bool] = False
     reference: ClassVar[str] = ("Wortsman et al., Model soups, ICML 2022 (arXiv 2203.05482): uniform parameter "
                                 "averaging")
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.include_base, bool):
-            raise MergeError(f"include_base must be true or false, got {self.include_base!r}")
 
     def merge_tensor(self, name, layer, base, tensors):
         return mean_of(model_pool(base, tensors, self.include_base))

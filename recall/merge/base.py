@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
+import numbers
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,19 +48,144 @@ class MergeContext:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """The allowed values of an option: ``text`` says which (in errors and ``recall methods``), ``test`` checks."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+
+def interval(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+             hi_open: bool = False) -> Allowed:
+    """Numbers in [lo, hi] (an open end excludes its bound; ``None`` is no bound)."""
+    if lo is not None and hi is not None:
+        text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        text = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        text = f"{'<' if hi_open else '<='} {hi:g}"
+
+    def test(v) -> bool:
+        return ((lo is None or (v > lo if lo_open else v >= lo)) and
+                (hi is None or (v < hi if hi_open else v <= hi)))
+
+    return Allowed(text, test)
+
+
+def one_of(*choices) -> Allowed:
+    return Allowed("one of " + ", ".join(map(str, choices)), lambda v: v in choices)
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """Type, allowed values and meaning of one option (declared with :func:`opt`)."""
+
+    type: type
+    allowed: Allowed | None = None
+    doc: str = ""
+    optional: bool = False  # ``None`` is allowed (the option's default is None)
+
+    def describe(self) -> str:
+        """``"a number in (0, 1]"``, ``"one of kmeans, random"``, ``"an integer >= 1, or none"``."""
+        if self.type is str and self.allowed is not None:
+            text = self.allowed.text
+        else:
+            text = _TYPE_WORDS[self.type] + (f" {self.allowed.text}" if self.allowed is not None else "")
+        return text + (", or none" if self.optional else "")
+
+    def parse(self, value):
+        """``value`` as the option's type (strings, as from the command line, are converted); ``ValueError``
+        when it is not of the type or not allowed."""
+        if value is None or (self.optional and isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            if self.optional:
+                return None
+            raise ValueError
+        v = _convert(self.type, value)
+        if self.allowed is not None and not self.allowed.test(v):
+            raise ValueError
+        return v
+
+
+def _convert(typ: type, value):
+    if typ is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+    elif typ is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            v = float(value)
+        elif isinstance(value, str):
+            v = float(value)  # ValueError for text that is no number
+        else:
+            raise ValueError
+        if math.isfinite(v):
+            return v
+    elif typ is str and isinstance(value, str):
+        return value
+    raise ValueError
+
+
+def opt(default, type_: type, allowed: Allowed | None = None, doc: str = ""):
+    """A method option: a dataclass field with its type, allowed values and meaning (``None`` as the default
+    makes ``None`` an allowed value). Checked when the method is made, before any work."""
+    spec = OptionSpec(type_, allowed, doc, optional=default is None)
+    return field(default=default, metadata={"option": spec})
+
+
+def option_specs(cls) -> dict[str, tuple[Any, OptionSpec]]:
+    """name -> (default, spec) for every option a method class declares, in declaration order."""
+    return {f.name: (f.default, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata}
+
+
 @dataclass
 class MergeMethod(ABC):
-    """Base class. Subclasses are dataclasses whose fields are the method's options (with the
-    defaults of its paper), validated in ``__post_init__``, and registered with
-    ``@register("name")`` from ``recall.merge.registry``."""
+    """Base class. Subclasses are dataclasses whose options are fields declared with :func:`opt` (type,
+    allowed values, meaning; the defaults of its paper), registered with ``@register("name")`` from
+    ``recall.merge.registry``. Each option is converted and checked when the method is made; ``check``
+    adds rules between options and ``validate`` rules against the inputs, both before any work starts."""
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the name in tables and figures (default: the registered name)
+    # "baseline": a merging baseline that RECALL is compared with in every verdict; "method": RECALL itself;
+    # "tool": a building block, not a method of the comparison (layer_linear)
+    role: ClassVar[str] = "baseline"
     needs_base: ClassVar[bool] = False
     needs_samples: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     # True when merge_tensor acts element by element (no dependence on the tensor's shape or on other
     # elements): the streaming engine then merges large tensors in chunks.
     elementwise: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for key, (_, spec) in option_specs(type(self)).items():
+            value = getattr(self, key)
+            try:
+                setattr(self, key, spec.parse(value))
+            except (TypeError, ValueError, OverflowError):
+                raise MergeError(f"method {self.name or type(self).__name__}: {key} must be {spec.describe()}, "
+                                 f"got {value!r}" + (f" ({key}: {spec.doc})" if spec.doc else "")) from None
+        self.check()
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Rules between options (each option's own type and range are checked already). Default: none."""
+
+    def validate(self, ctx: MergeContext) -> None:  # noqa: B027 - optional hook
+        """Rules against the inputs (samples, number of layers, files), checked before any work and by
+        ``--dry-run``; ``ctx`` has no loaded models. Default: none."""
+
+    def input_files(self) -> list[str]:
+        """Files the method reads besides the models (a weights table): never an output. Default: none."""
+        return []
 
     def prepare(self, ctx: MergeContext) -> None:  # noqa: B027 - optional hook
         """Compute whatever the per-tensor rule needs (weights, losses). Default: nothing."""
@@ -167,25 +295,6 @@ def _cell(v):
     return v
 
 
-def _number(name: str, value) -> float:
-    if isinstance(value, bool):
-        raise MergeError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise MergeError(f"{name} must be a number, got {value!r}") from None
-
-
-def check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= _number(name, value) <= 1.0:
-        raise MergeError(f"{name} must be in [0, 1], got {value}")
-
-
-def check_positive(name: str, value: float) -> None:
-    if not _number(name, value) > 0.0:
-        raise MergeError(f"{name} must be > 0, got {value}")
-
-
 def task_vectors(base: torch.Tensor | None, tensors: list[torch.Tensor], method: str) -> list[torch.Tensor]:
     """tensors[i] - base, with a clear error when the base is missing."""
     if base is None:
@@ -193,5 +302,5 @@ def task_vectors(base: torch.Tensor | None, tensors: list[torch.Tensor], method:
     return [t - base for t in tensors]
 
 
-__all__ = ["MergeError", "Sample", "MergeContext", "MergeMethod", "Table", "check_unit_interval",
-           "check_positive", "task_vectors"]
+__all__ = ["MergeError", "Sample", "MergeContext", "MergeMethod", "Table", "Allowed", "OptionSpec", "interval",
+           "one_of", "opt", "option_specs", "task_vectors"]

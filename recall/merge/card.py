@@ -64,10 +64,18 @@ def _as_table(value) -> Table | None:
 
 
 def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: Path | None, ref_folder: Path,
-                  num_layers: int, samples=None, engine: str = "streaming", names: list[str] | None = None) -> None:
+                  num_layers: int, samples=None, engine: str = "streaming", names: list[str] | None = None,
+                  dtype: str | None = None) -> None:
+    """Config, tokenizer, ``merge_config.json``, model card and tables; ``dtype``: the output dtype when it
+    was chosen (``--dtype``), else the newest model's (config copied as is)."""
     for name in ("config.json", "generation_config.json"):
         if (ref_folder / name).exists():
             shutil.copy2(ref_folder / name, folder / name)
+    if dtype is not None and (folder / "config.json").exists():
+        config = json.loads((folder / "config.json").read_text())
+        key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
+        config[key] = dtype
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     copy_tokenizer(ref_folder, folder)
     report = dict(method.report())
     weights = _as_table(report.pop("weights", None))
@@ -76,14 +84,17 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
     info = {"recall_version": __version__, "method": method.name, "reference": method.reference,
             "options": method.options(), "base": str(base) if base else None, "models": [str(m) for m in models],
             "engine": engine, "samples": len(samples) if samples else 0, "report": report}
+    if dtype is not None:
+        info["dtype"] = dtype
     (folder / MERGE_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
     parts = [f"# Merged model ({method.name})", "",
              f"Made with recall {__version__}, method `{method.name}`" + (f" ({method.reference})." if method.reference
                                                                           else "."), "",
              "## Inputs", "", f"- base: `{base}`" if base else "- base: none"]
     parts += [f"- model {i}{' (newest, M_N)' if i == len(models) - 1 else ''}: `{m}`" for i, m in enumerate(models)]
-    parts += [f"- samples of the new task: {len(samples) if samples else 0}", f"- engine: {engine}", "",
-              "## Options", ""]
+    parts += [f"- samples of the new task: {len(samples) if samples else 0}", f"- engine: {engine}"]
+    parts += [f"- output dtype: {dtype}"] if dtype is not None else []
+    parts += ["", "## Options", ""]
     parts += [f"- `{k}`: `{v}`" for k, v in method.options().items()] or ["- none"]
     if report:
         parts += ["", "## Facts", ""] + [f"- {k}: {v}" for k, v in report.items()]
@@ -94,9 +105,9 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
         parts += ["", "## Merge weights", "", f"{rows}; columns: models of the pool. Also in `{WEIGHTS_CSV}`.", "",
                   weights.markdown()]
         if pool is not None:
-            dtype = json.loads((ref_folder / "config.json").read_text()).get("dtype", "float32") \
-                if (ref_folder / "config.json").exists() else "float32"
-            cfg = mergekit_config(weights, pool, num_layers, names or [], dtype=str(dtype or "float32"))
+            out_dtype = dtype or (json.loads((ref_folder / "config.json").read_text()).get("dtype", "float32")
+                                  if (ref_folder / "config.json").exists() else "float32")
+            cfg = mergekit_config(weights, pool, num_layers, names or [], dtype=str(out_dtype or "float32"))
             (folder / MERGEKIT_YAML).write_text(yaml.safe_dump(cfg, sort_keys=False))
             parts += ["", f"`{MERGEKIT_YAML}` reproduces this linear merge with `mergekit-yaml {MERGEKIT_YAML} OUT`."]
     for k, table in tables.items():

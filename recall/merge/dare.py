@@ -17,11 +17,11 @@ Options:
 - ``p`` (default ``0.9``): drop rate, in [0, 1). 0.9 is the paper's headline setting ("DARE can set
   90% or even 99% of the delta parameters to zero"; the MergeLM README examples use 0.9). It tunes it
   per merge from 0.1 ... 0.9 (its LLM merge example uses 0.2; FusionBench's default is 0.5).
-  p = 1 is rejected: the rescale 1 / (1 - p) would divide by zero.
+  p = 1 is rejected: every entry would be dropped and the rescale 1 / (1 - p) would divide by zero.
 - ``combine`` (default ``"task_arithmetic"``).
 - ``lam`` (default ``None`` = the combiner's default: 0.3 for task arithmetic, 1.0 for TIES, see
   those modules), > 0.
-- ``density`` (default ``None`` = TIES' default 0.2): only with ``combine="ties"``.
+- ``density`` (default ``None`` = TIES' default 0.2), in (0, 1]: only with ``combine="ties"``.
 - ``seed`` (default ``None`` = the merge's seed, ``MergeContext.seed``): seeds the drop masks.
 
 Determinism: the masks never touch global RNG state. Each parameter draws from its own CPU
@@ -40,7 +40,7 @@ import torch
 
 from . import task_arithmetic as _ta
 from . import ties as _ties
-from .base import MergeContext, MergeError, MergeMethod, check_positive, check_unit_interval, task_vectors
+from .base import MergeContext, MergeError, MergeMethod, interval, one_of, opt, task_vectors
 from .registry import register
 
 DEFAULT_P = 0.9
@@ -72,32 +72,23 @@ def drop_and_rescale(tv: torch.Tensor, p: float, generator: torch.Generator) -> 
 class Dare(MergeMethod):
     """DARE sparsification of every task vector, then task arithmetic or TIES."""
 
-    p: float = DEFAULT_P
-    combine: str = "task_arithmetic"
-    lam: float | None = None
-    density: float | None = None
-    seed: int | None = None
+    label = "DARE"
+
+    p: float = opt(DEFAULT_P, float, interval(0, 1, hi_open=True),
+                   "drop rate (1 would drop every entry, and the rescale 1 / (1 - p) divides by zero)")
+    combine: str = opt("task_arithmetic", str, one_of(*COMBINERS), "how the sparsified vectors are combined")
+    lam: float | None = opt(None, float, interval(0, lo_open=True), "scaling (none: the combiner's default)")
+    density: float | None = opt(None, float, _ties.DENSITY, "TIES' density, with combine=ties (none: 0.2)")
+    seed: int | None = opt(None, int, doc="seed of the drop masks (none: the merge's seed)")
     _seed: int = field(default=0, init=False, repr=False, compare=False)
 
     needs_base: ClassVar[bool] = True
     reference: ClassVar[str] = ("Yu et al., Language Models are Super Mario: Absorbing Abilities from Homologous "
                                 "Models as a Free Lunch, ICML 2024 (arXiv 2311.03099)")
 
-    def __post_init__(self) -> None:
-        check_unit_interval("p", self.p)
-        if float(self.p) == 1.0:
-            raise MergeError("p must be < 1: with p = 1 every entry is dropped and the rescale 1 / (1 - p) "
-                             "divides by zero")
-        if self.combine not in COMBINERS:
-            raise MergeError(f"combine must be one of {', '.join(COMBINERS)}, got {self.combine!r}")
-        if self.lam is not None:
-            check_positive("lam", self.lam)
-        if self.density is not None:
-            if self.combine != "ties":
-                raise MergeError("density applies only with combine='ties' (task arithmetic does not trim)")
-            check_unit_interval("density", self.density)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise MergeError(f"seed must be an integer, got {self.seed!r}")
+    def check(self) -> None:
+        if self.density is not None and self.combine != "ties":
+            raise MergeError("method dare: density applies only with combine='ties' (task arithmetic does not trim)")
         self._seed = self.seed if self.seed is not None else 0
 
     def prepare(self, ctx: MergeContext) -> None:

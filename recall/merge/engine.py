@@ -11,8 +11,11 @@ wait on each other (measured in ``benchmarks/merge_speed.py``).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,28 +23,32 @@ from tqdm.auto import tqdm
 
 from ..fsutil import atomic_dir
 from .base import MergeContext, MergeError, MergeMethod
-from .card import write_outputs
+from .card import MERGE_JSON, write_outputs
 from .layers import layer_of, num_layers_of
 from .safetensors_io import LazyCheckpoint, ShardWriter, plan_shards, shard_names, write_index
 
 ENGINES = ("streaming", "memory")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per input; a multiple of every SIMD width
+OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in OUT_DTYPES.items()}
 
 
 def _is_float(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point
 
 
-def _check_finite(t: torch.Tensor, what: str) -> None:
+def _all_finite(t: torch.Tensor) -> bool:
     """Exact: a finite float32/float64 sum means every element is finite (inf and NaN propagate through
     a sum); only a non-finite sum (an inf/NaN, or an overflow) needs the element-wise check."""
     if not _is_float(t.dtype) or t.numel() == 0:
-        return
+        return True
     total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
-    if math.isfinite(float(total)):
-        return
-    if not bool(torch.isfinite(t).all()):
+    return math.isfinite(float(total)) or bool(torch.isfinite(t).all())
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not _all_finite(t):
         raise MergeError(f"{what} contains NaN or Inf; fix or re-train that model before merging")
 
 
@@ -90,18 +97,141 @@ def _open_inputs(base, models) -> tuple[LazyCheckpoint | None, list[LazyCheckpoi
     return base_ck, cks, refs
 
 
-def plan_merge(method: MergeMethod, models: list, base=None, samples=None) -> dict:
-    """What a merge would do, without doing it (the CLI's --dry-run)."""
+def is_merge_output(folder: Path) -> bool:
+    """Whether ``folder`` is a folder that ``recall merge`` wrote (it holds our ``merge_config.json``)."""
+    f = Path(folder) / MERGE_JSON
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(info, dict) and "recall_version" in info and "method" in info
+
+
+def check_output(out, inputs, force: bool = False) -> Path:
+    """Refuse an output folder that would destroy an input or anything that is not a previous merge: an input
+    (model, base, weights table, samples file) or a folder holding one, ``/``, the home folder, the current
+    folder or one above it, an unexpanded ``~``, a symbolic link; an existing path unless ``force``, and with
+    ``force`` anything but a folder ``recall merge`` wrote."""
+    raw = Path(out)
+    if str(out).split("/")[0].startswith("~"):
+        raise MergeError(f"--out {out}: '~' is not expanded here; write the path out (e.g. $HOME/merged)")
+    if raw.is_symlink():
+        raise MergeError(f"--out {out} is a symbolic link; pass the folder it points to, or a new folder")
+    target, cwd = raw.resolve(), Path.cwd().resolve()
+    special = {Path(target.anchor): "the filesystem root", Path(os.path.expanduser("~")).resolve(): "your home folder",
+               cwd: "the current folder"}
+    what = special.get(target) or ("a folder above the current one" if target in cwd.parents else None)
+    if what:
+        raise MergeError(f"--out {out} is {what}; name a new folder for the merge (e.g. --out merged/)")
+    for p in inputs:
+        if p is None:
+            continue
+        q = Path(p).resolve()
+        if q == target or target in q.parents or (raw.exists() and Path(p).exists() and os.path.samefile(raw, p)):
+            raise MergeError(f"--out {out} {'is' if q == target else 'contains'} the input {p}; write the merge "
+                             f"to a new folder")
+    if raw.exists():
+        if not force:
+            raise MergeError(f"output folder {out} already exists; choose another path or pass --force to "
+                             f"replace it")
+        if not (raw.is_dir() and is_merge_output(raw)):
+            raise MergeError(f"--force replaces only a folder that recall merge wrote (one with {MERGE_JSON}); "
+                             f"{out} is not one and is left alone: choose another --out")
+    return target
+
+
+def check_device(device: str) -> None:
+    """A device this torch build has: cpu, cuda[:i] with CUDA, mps with Metal."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise MergeError(f"--device {device!r} is not a device name ({e}); use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise MergeError(f"--device {device}: this torch build ({torch.__version__}) sees {n} CUDA device(s); "
+                             f"use --device cpu")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise MergeError(f"--device {device}: this torch build has no MPS device; use --device cpu")
+    elif dev.type != "cpu":
+        raise MergeError(f"--device {device}: unsupported device type {dev.type!r}; use cpu, cuda, cuda:N or mps")
+
+
+def output_dtype(dtype) -> torch.dtype | None:
+    """``None`` (keep each tensor's dtype) or the float dtype named ``dtype``."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in OUT_DTYPES.values():
+        return dtype
+    if dtype not in OUT_DTYPES:
+        raise MergeError(f"--dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
+    return OUT_DTYPES[dtype]
+
+
+@dataclass
+class _Inputs:
+    """The checked inputs of a merge (``_setup``)."""
+
+    models: list[Path]
+    base: Path | None
+    base_ck: LazyCheckpoint | None
+    cks: list[LazyCheckpoint]
+    names: list[str]  # the tensors to write, in order
+    layer: dict[str, int]
+    ctx: MergeContext
+    specs: list[tuple[str, torch.dtype, tuple[int, ...]]]  # (name, output dtype, shape) per tensor
+    out_dtype: torch.dtype | None
+
+
+def _setup(method: MergeMethod, models, out, base, samples, engine, force, device, batch_size, max_shard_bytes,
+           seed=0, progress=True, dtype=None, check_out=True) -> _Inputs:
+    """Every check of a merge, before any work (shared by ``plan_merge`` and ``merge_models``)."""
+    if engine not in ENGINES:
+        raise MergeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    for key, v in (("batch_size", batch_size), ("max_shard_bytes", max_shard_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise MergeError(f"{key} must be an integer >= 1, got {v!r}")
+    check_device(device)
+    out_dtype = output_dtype(dtype)
+    models = [Path(m) for m in models]
+    base = Path(base) if base is not None else None
+    if check_out:
+        check_output(out, [base, *models, *method.input_files()], force)
     base_ck, cks, refs = _open_inputs(base, models)
     names = check_compatible(refs)
     _check_method_inputs(method, base, samples)
     L = num_layers_of(cks[-1].config)
-    layers = sorted({layer_of(n, L) for n in names})
-    return {"method": method.name, "options": method.options(), "base": str(base) if base else None,
-            "models": [str(m) for m in models], "newest_model": str(models[-1]),
-            "architecture": cks[-1].config.get("architectures"), "blocks": L, "layers": len(layers),
-            "tensors": len(names), "samples": len(samples) if samples else 0,
-            "bytes": sum(cks[-1].entries[n].nbytes for n in names)}
+    layer = {n: layer_of(n, L) for n in names}
+    ctx = MergeContext(base=str(base) if base else None, models=[str(m) for m in models], samples=samples,
+                       num_layers=L, device=device, batch_size=batch_size, seed=seed, progress=progress)
+    method.validate(ctx)
+    ref = cks[-1]
+    specs = [(n, _out_dtype(ref.entries[n].dtype, out_dtype), ref.entries[n].shape) for n in names]
+    return _Inputs(models, base, base_ck, cks, names, layer, ctx, specs, out_dtype)
+
+
+def _out_dtype(dtype: torch.dtype, out_dtype: torch.dtype | None) -> torch.dtype:
+    return out_dtype if out_dtype is not None and _is_float(dtype) else dtype
+
+
+def plan_merge(method: MergeMethod, models: list, base=None, samples=None, out=None, force: bool = False,
+               engine: str = "streaming", device: str = "cpu", batch_size: int = 8,
+               max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype=None) -> dict:
+    """What a merge would do, without doing it (the CLI's --dry-run): every check ``merge_models`` makes
+    before any work (with ``out``, the output folder's too)."""
+    x = _setup(method, models, out, base, samples, engine, force, device, batch_size, max_shard_bytes, dtype=dtype,
+               check_out=out is not None)
+    plan = {"method": method.name, "options": method.options(), "base": str(x.base) if x.base else None,
+            "models": [str(m) for m in x.models], "newest_model": str(x.models[-1]),
+            "architecture": x.cks[-1].config.get("architectures"), "blocks": x.ctx.num_layers,
+            "layers": len(set(x.layer.values())), "tensors": len(x.names), "samples": len(samples) if samples else 0,
+            "bytes": _nbytes(x.specs)}
+    if x.out_dtype is not None:
+        plan["dtype"] = DTYPE_NAMES[x.out_dtype]
+    return plan
+
+
+def _nbytes(specs) -> int:
+    return sum(torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size() for _, dt, shape in specs)
 
 
 def _check_method_inputs(method: MergeMethod, base, samples) -> None:
@@ -113,26 +243,21 @@ def _check_method_inputs(method: MergeMethod, base, samples) -> None:
 
 def merge_models(method: MergeMethod, models: list, out, base=None, samples=None, engine: str = "streaming",
                  force: bool = False, seed: int = 0, progress: bool = True, device: str = "cpu",
-                 batch_size: int = 8, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+                 batch_size: int = 8, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype=None) -> Path:
     """Merge ``models`` (oldest first; the last is the newest, M_N) with ``method`` into folder ``out``.
 
-    ``out`` is written atomically: on any error nothing is left behind. Returns ``out``.
+    Everything is checked before any work (``check_output``: ``out`` is never an input, and ``force`` only
+    replaces a previous merge). ``dtype`` (float32, bfloat16, float16) is the dtype of the merged float
+    tensors; default: the newest model's. ``out`` is written atomically: on any error nothing is left
+    behind. Returns ``out``.
     """
-    if engine not in ENGINES:
-        raise MergeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     out = Path(out)
-    if out.exists() and not force:
-        raise MergeError(f"output folder {out} already exists; choose another path or pass --force to replace it")
-    models = [Path(m) for m in models]
-    base = Path(base) if base is not None else None
-    base_ck, cks, refs = _open_inputs(base, models)
-    names = check_compatible(refs)
-    _check_method_inputs(method, base, samples)
-    L = num_layers_of(cks[-1].config)
-    layer = {n: layer_of(n, L) for n in names}
-    ctx = MergeContext(base=str(base) if base else None, models=[str(m) for m in models], samples=samples,
-                       num_layers=L, device=device, batch_size=batch_size, seed=seed, progress=progress)
-    method.prepare(ctx)
+    x = _setup(method, models, out, base, samples, engine, force, device, batch_size, max_shard_bytes, seed,
+               progress, dtype)
+    models, base, base_ck, cks, names, layer, specs, out_dtype = (x.models, x.base, x.base_ck, x.cks, x.names,
+                                                                  x.layer, x.specs, x.out_dtype)
+    L = x.ctx.num_layers
+    method.prepare(x.ctx)
 
     if engine == "memory":
         base_sd = base_ck.load_all() if base_ck is not None else None
@@ -144,7 +269,6 @@ def merge_models(method: MergeMethod, models: list, out, base=None, samples=None
         getters = [ck.get for ck in cks]
 
     ref = cks[-1]
-    specs = [(n, ref.entries[n].dtype, ref.entries[n].shape) for n in names]
     shards = plan_shards(specs, max_shard_bytes)
     chunked = engine == "streaming" and method.elementwise
     threads = torch.get_num_threads()
@@ -155,41 +279,49 @@ def merge_models(method: MergeMethod, models: list, out, base=None, samples=None
                        disable=not progress)
             for fname, idx in zip(shard_names(len(shards)), shards):
                 writer = ShardWriter(tmp / fname, [specs[i] for i in idx])
-                for i in idx:
-                    name = names[i]
-                    if chunked and ref.numel(name) > CHUNK_ELEMENTS and _is_float(ref.entries[name].dtype):
-                        _merge_chunked(method, name, layer[name], base_ck, cks, models, base, writer)
-                    else:
-                        writer.write(name, _merge_one(method, name, layer[name], get_base, getters, models, base))
-                    bar.update()
+                try:
+                    for i in idx:
+                        name = names[i]
+                        if chunked and ref.numel(name) > CHUNK_ELEMENTS and _is_float(ref.entries[name].dtype):
+                            _merge_chunked(method, name, layer[name], base_ck, cks, models, base, writer,
+                                           out_dtype)
+                        else:
+                            writer.write(name, _merge_one(method, name, layer[name], get_base, getters, models,
+                                                          base, out_dtype))
+                        bar.update()
+                except BaseException:
+                    writer.abort()
+                    raise
                 writer.close()
             bar.close()
-            write_index(tmp, specs, shards, sum(ref.entries[n].nbytes for n in names))
+            write_index(tmp, specs, shards, _nbytes(specs))
             write_outputs(tmp, method, models=models, base=base, ref_folder=models[-1], num_layers=L,
-                          samples=samples, engine=engine, names=names)
+                          samples=samples, engine=engine, names=names,
+                          dtype=DTYPE_NAMES[out_dtype] if out_dtype is not None else None)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
 def _merge_chunked(method: MergeMethod, name: str, layer: int, base_ck: LazyCheckpoint | None,
-                   cks: list[LazyCheckpoint], models: list[Path], base: Path | None, writer: ShardWriter) -> None:
+                   cks: list[LazyCheckpoint], models: list[Path], base: Path | None, writer: ShardWriter,
+                   out_dtype: torch.dtype | None = None) -> None:
     """An element-wise method on one large tensor, ``CHUNK_ELEMENTS`` elements at a time."""
     total = cks[-1].numel(name)
     for start in range(0, total, CHUNK_ELEMENTS):
         n = min(CHUNK_ELEMENTS, total - start)
         get_base = (lambda _n, s=start, c=n: base_ck.get_flat(name, s, c)) if base_ck is not None else None
         getters = [(lambda _n, ck=ck, s=start, c=n: ck.get_flat(name, s, c)) for ck in cks]
-        writer.write_part(name, _merge_one(method, name, layer, get_base, getters, models, base))
+        writer.write_part(name, _merge_one(method, name, layer, get_base, getters, models, base, out_dtype))
     writer.end_tensor(name)
 
 
 def _merge_one(method: MergeMethod, name: str, layer: int, get_base: Callable | None, getters: list[Callable],
-               models: list[Path], base: Path | None) -> torch.Tensor:
+               models: list[Path], base: Path | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     ts = [g(name) for g in getters]
-    out_dtype = ts[-1].dtype
-    if not _is_float(out_dtype):  # integer / bool buffers: copied from the newest model
+    if not _is_float(ts[-1].dtype):  # integer / bool buffers: copied from the newest model
         return ts[-1]
+    out_dtype = out_dtype or ts[-1].dtype
     b = get_base(name) if get_base is not None else None
     for t, m in zip(ts, models):
         _check_finite(t, f"tensor {name} of {m}")
@@ -200,8 +332,15 @@ def _merge_one(method: MergeMethod, name: str, layer: int, get_base: Callable | 
     if tuple(merged.shape) != tuple(ts[-1].shape):
         raise MergeError(f"method {method.name} returned shape {list(merged.shape)} for {name}, "
                          f"expected {list(ts[-1].shape)}")
-    _check_finite(merged, f"merged tensor {name}")
-    return merged.to(out_dtype)
+    written = merged.to(out_dtype)
+    if not _all_finite(written):  # checked on what is written: a finite float32 result may overflow the cast
+        if not _all_finite(merged):
+            raise MergeError(f"merged tensor {name} contains NaN or Inf (method {method.name} with its options "
+                             f"{method.options()}); check the inputs and the options")
+        raise MergeError(f"merged tensor {name} overflows {DTYPE_NAMES.get(out_dtype, out_dtype)} (largest "
+                         f"magnitude {float(merged.abs().max()):.4g} > {torch.finfo(out_dtype).max:.4g}); "
+                         f"pass --dtype float32 to write the merge in float32")
+    return written
 
 
-__all__ = ["merge_models", "plan_merge", "check_compatible", "ENGINES"]
+__all__ = ["merge_models", "plan_merge", "check_compatible", "check_output", "check_device", "ENGINES"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .base import MergeContext, MergeError, MergeMethod, Table
+from .base import MergeContext, MergeError, MergeMethod, Table, opt
 from .pool import model_pool, pool_labels
 from .registry import register
 
@@ -46,22 +46,28 @@ def check_weights(table: np.ndarray, num_layers: int, pool_size: int) -> None:
 class LayerLinear(MergeMethod):
     """Layer-wise linear merge with weights read from a CSV (index: layer; columns: pool models)."""
 
+    label = "Layer-wise linear"
+    role = "tool"
+
     elementwise = True
 
-    weights: str = ""
-    include_base: bool = True
+    weights: str = opt("", str, doc="path of the weights table (CSV: index layer, one column per pool model)")
+    include_base: bool = opt(True, bool, doc="the base model is the pool's first column")
     _table: np.ndarray | None = field(default=None, repr=False)
     _names: list[str] = field(default_factory=list, repr=False)
     _paths: list[str] = field(default_factory=list, repr=False)
 
     reference = "layer-wise linear interpolation (RECALL's merge step, Wang et al. 2025)"
 
-    def __post_init__(self):
+    def check(self) -> None:
         if not self.weights:
             raise MergeError("layer_linear needs a weights table: pass weights=PATH to a CSV "
                              "(e.g. a recall_weights.csv)")
 
-    def prepare(self, ctx: MergeContext) -> None:
+    def input_files(self) -> list[str]:
+        return [self.weights]
+
+    def _read_table(self, ctx: MergeContext) -> tuple[np.ndarray, list[str], list[str]]:
         try:
             with open(self.weights, encoding="utf-8") as f:
                 table = Table.read_csv(f.read(), what=f"weights table {self.weights}").to_numpy()
@@ -69,7 +75,13 @@ class LayerLinear(MergeMethod):
             raise MergeError(f"cannot read weights table {self.weights}: {e}") from None
         names, paths = pool_names(ctx, self.include_base)
         check_weights(table, ctx.num_layers, len(names))
-        self.set_table(table, names, paths)
+        return table, names, paths
+
+    def validate(self, ctx: MergeContext) -> None:
+        self._read_table(ctx)
+
+    def prepare(self, ctx: MergeContext) -> None:
+        self.set_table(*self._read_table(ctx))
 
     def set_table(self, table: np.ndarray, names: list[str], paths: list[str]) -> None:
         self._table = np.asarray(table, dtype=np.float64)

@@ -42,21 +42,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .base import MergeContext, MergeError, MergeMethod, Sample, Table, check_positive, check_unit_interval
+from ..encoding import collate, encode, pad_token_id
+from .base import MergeContext, MergeError, MergeMethod, Sample, Table, interval, opt
 from .layer_linear import pool_names, weighted_sum
 from .pool import model_pool
 from .registry import register
-
-
-def _encode(tok, s: Sample) -> tuple[list[int], list[int]]:
-    """(input ids, label ids with -100 where no loss is taken) for one sample."""
-    bos = getattr(tok, "bos_token", None)
-    special = not (bos and s.text.startswith(bos))  # a chat-formatted text may already hold the BOS
-    text_ids = list(tok(s.text, add_special_tokens=special)["input_ids"])
-    if s.answer is None:
-        return text_ids, list(text_ids)
-    ans_ids = list(tok(s.answer, add_special_tokens=False)["input_ids"])
-    return text_ids + ans_ids, [-100] * len(text_ids) + ans_ids
 
 
 @torch.no_grad()
@@ -64,28 +54,26 @@ def mean_token_loss(model, tok, samples: list[Sample], batch_size: int = 8, devi
     """Mean cross-entropy per target token of ``model`` over ``samples`` (answer tokens when a sample has
     an answer, text tokens otherwise), over all target tokens of all samples."""
     device = device or next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    encoded = [_encode(tok, s) for s in samples]
+    encoded = []
+    for i, s in enumerate(samples):
+        try:  # the tokenizer's special tokens unless a (chat-formatted) text already holds the BOS; no EOS
+            encoded.append(encode(tok, s.text, s.answer, special_tokens="auto"))
+        except ValueError as e:
+            raise MergeError(f"lm_cocktail: sample {i}: {e}") from None
     total, count = 0.0, 0
     for start in range(0, len(encoded), max(1, int(batch_size))):
-        chunk = encoded[start:start + max(1, int(batch_size))]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (i, lab) in enumerate(chunk):  # right padding: real tokens keep positions 0..n-1
-            ids[r, :len(i)] = torch.tensor(i, dtype=torch.long)
-            labels[r, :len(lab)] = torch.tensor(lab, dtype=torch.long)
-            mask[r, :len(i)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        target = labels[:, 1:].to(logits.device)
+        # right padding: real tokens keep positions 0..n-1
+        batch = collate(encoded[start:start + max(1, int(batch_size))], pad_token_id(tok))
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits.float()
+        target = batch["labels"][:, 1:].to(logits.device)
         ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                ignore_index=-100, reduction="sum")
         total += float(ce)
         count += int((target != -100).sum())
     if count == 0:
-        raise MergeError("the samples give no tokens to score (empty answers and one-token texts); pass samples "
-                         "with a non-empty answer or a longer text")
+        raise MergeError("the samples give no tokens to score (one-token texts without answers); pass samples "
+                         "with an answer or a longer text")
     return total / count
 
 
@@ -99,12 +87,15 @@ def softmax_weights(losses: list[float], temperature: float) -> list[float]:
 class LMCocktail(MergeMethod):
     """Weighted average of whole models, weights = softmax(-loss on a few new-task samples / temperature)."""
 
+    label = "LM-Cocktail"
+
     elementwise = True
 
-    temperature: float = 5.0
-    n_samples: int = 5
-    include_base: bool = True
-    alpha: float | None = None
+    temperature: float = opt(5.0, float, interval(0, lo_open=True), "softmax temperature")
+    n_samples: int = opt(5, int, interval(1), "samples scored (a seeded choice when more are given)")
+    include_base: bool = opt(True, bool, doc="the base model joins the pool")
+    alpha: float | None = opt(None, float, interval(0, 1), "weight of the newest model (none: one softmax over "
+                                                            "the whole pool)")
     _weights: list[float] | None = field(default=None, init=False, repr=False, compare=False)
     _labels: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
     _paths: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
@@ -115,15 +106,6 @@ class LMCocktail(MergeMethod):
     reference: ClassVar[str] = ("Xiao et al., LM-Cocktail: Resilient Tuning of Language Models via Model Merging, "
                                 "Findings of ACL 2024 (arXiv 2311.13534)")
 
-    def __post_init__(self) -> None:
-        check_positive("temperature", self.temperature)
-        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise MergeError(f"n_samples must be an integer >= 1, got {self.n_samples!r}")
-        if not isinstance(self.include_base, bool):
-            raise MergeError(f"include_base must be true or false, got {self.include_base!r}")
-        if self.alpha is not None:
-            check_unit_interval("alpha", self.alpha)
-
     def choose_samples(self, samples: list[Sample], seed: int) -> list[Sample]:
         """``n_samples`` of ``samples``: all when there are no more; else a seeded random choice, in input order."""
         if len(samples) <= self.n_samples:
@@ -131,21 +113,24 @@ class LMCocktail(MergeMethod):
         idx = sorted(random.Random(seed).sample(range(len(samples)), self.n_samples))
         return [samples[i] for i in idx]
 
+    def validate(self, ctx: MergeContext) -> None:
+        if not ctx.samples:
+            raise MergeError("method 'lm_cocktail' needs samples of the new task: pass --samples FILE or --task NAME")
+        if not ctx.models:
+            raise MergeError("no models to merge")
+        if self.alpha is not None and len(pool_names(ctx, self.include_base)[1]) < 2:
+            raise MergeError("lm_cocktail with alpha needs a pool besides the newest model: pass --base DIR "
+                             "(with include_base) or more than one model")
+
     def prepare(self, ctx: MergeContext) -> None:
         from tqdm.auto import tqdm
 
         from ..assets import load_model
 
-        if not ctx.samples:
-            raise MergeError("method 'lm_cocktail' needs samples of the new task: pass --samples FILE or --task NAME")
-        if not ctx.models:
-            raise MergeError("no models to merge")
+        self.validate(ctx)
         labels, paths = pool_names(ctx, self.include_base)
         # with alpha the newest model is set aside; the softmax runs over the rest of the pool
         scored = paths[:-1] if self.alpha is not None else paths
-        if not scored:
-            raise MergeError("lm_cocktail with alpha needs a pool besides the newest model: pass --base DIR "
-                             "(with include_base) or more than one model")
         samples = self.choose_samples(list(ctx.samples), ctx.seed)
         losses = []
         for path in tqdm(scored, desc="lm_cocktail: losses", unit="model", disable=not ctx.progress):

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import MergeMethod, check_positive, task_vectors
+from .base import MergeMethod, interval, opt, task_vectors
 from .registry import register
 
 DEFAULT_LAM = 0.5
@@ -47,16 +47,15 @@ def max_magnitude(tvs: list[torch.Tensor]) -> torch.Tensor:
 class MagMax(MergeMethod):
     """base + lam * (per-entry maximum-magnitude task vector)."""
 
+    label = "MagMax"
+
     elementwise = True
 
-    lam: float = DEFAULT_LAM
+    lam: float = opt(DEFAULT_LAM, float, interval(0, lo_open=True), "scaling of the selected task vector")
 
     needs_base: ClassVar[bool] = True
     reference: ClassVar[str] = ("Marczak et al., MagMax: Leveraging Model Merging for Seamless Continual Learning, "
                                 "ECCV 2024 (arXiv 2407.06322)")
-
-    def __post_init__(self) -> None:
-        check_positive("lam", self.lam)
 
     def merge_tensor(self, name, layer, base, tensors):
         return base + self.lam * max_magnitude(task_vectors(base, tensors, self.name))

@@ -25,14 +25,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..representations import POOLINGS
 from ..similarity import BANDWIDTHS, SIMILARITIES
-from .base import MergeContext, MergeError, Table, check_positive
+from .base import MergeContext, MergeError, Table, interval, one_of, opt
 from .layer_linear import LayerLinear, pool_names
 from .registry import register
 
 SELECTIONS = ("kmeans", "random", "minibatch")
 SIMILARITY_NAMES = tuple(SIMILARITIES)
 WEIGHTINGS = ("softmax", "centrality")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @register("recall")
@@ -52,47 +54,54 @@ class RecallMerge(LayerLinear):
     faster on CPUs with AVX512-BF16 and changes the weights by about 0.005 (benchmarks/merge_speed.py).
     """
 
-    weights: str = "computed"
-    k: int = 32
-    selection: str = "kmeans"
-    similarity: str = "rbf"
-    bandwidth: str = "samples"
-    temperature: float = 1.0
-    weighting: str = "softmax"
-    layerwise: bool = True
-    include_base: bool = True
-    pooling: str = "mean"
-    cluster_layer: int = -1
-    max_length: int = 512
-    dtype: str = "float32"
+    label = "RECALL"
+    role = "method"
+
+    weights: str = field(default="computed", init=False, repr=False)  # not an option: computed in prepare
+    k: int = opt(32, int, interval(1), "number of typical samples (clusters), at most the samples given")
+    selection: str = opt("kmeans", str, one_of(*SELECTIONS), "how typical samples are chosen")
+    similarity: str = opt("rbf", str, one_of(*SIMILARITY_NAMES), "similarity of representations per layer")
+    bandwidth: str = opt("samples", str, one_of(*BANDWIDTHS), "what the RBF bandwidth comes from (rbf only)")
+    temperature: float = opt(1.0, float, interval(0, lo_open=True), "softmax temperature")
+    weighting: str = opt("softmax", str, one_of(*WEIGHTINGS), "what the softmax is taken of")
+    layerwise: bool = opt(True, bool, doc="one weight per layer (false: one per model)")
+    include_base: bool = opt(True, bool, doc="the base model joins the pool")
+    pooling: str = opt("mean", str, one_of(*POOLINGS), "pooling of a layer's hidden states over tokens")
+    cluster_layer: int = opt(-1, int, doc="hidden-state index used to cluster, -(L+1)..L (-1 = last)")
+    max_length: int = opt(512, int, interval(1), "tokens read per sample")
+    dtype: str = opt("float32", str, one_of(*DTYPES), "compute dtype of the representation pass")
     _similarity: Table | None = field(default=None, repr=False)
     _selected: list[int] = field(default_factory=list, repr=False)
 
     needs_samples = True
     reference = "Wang et al., RECALL, EMNLP 2025 (arXiv 2510.20479)"
 
-    def __post_init__(self):
-        if int(self.k) < 1:
-            raise MergeError(f"k must be >= 1, got {self.k}")
-        check_positive("temperature", self.temperature)
-        if self.selection not in SELECTIONS:
-            raise MergeError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
-        if self.similarity not in SIMILARITY_NAMES:
-            raise MergeError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITY_NAMES)}")
-        if self.bandwidth not in BANDWIDTHS:
-            raise MergeError(f"unknown bandwidth {self.bandwidth!r}; choose one of {', '.join(BANDWIDTHS)}")
+    def check(self) -> None:
         if self.bandwidth != "samples" and self.similarity != "rbf":
-            raise MergeError(f"bandwidth={self.bandwidth!r} applies to similarity='rbf' only, "
+            raise MergeError(f"method recall: bandwidth={self.bandwidth!r} applies to similarity='rbf' only, "
                              f"not {self.similarity!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise MergeError(f"unknown dtype {self.dtype!r}; choose float32, bfloat16 or float16")
-        if self.weighting not in WEIGHTINGS:
-            raise MergeError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+    def input_files(self) -> list[str]:
+        return []
 
     def options(self):
         opts = super().options()
         opts.pop("weights", None)
         return opts
+
+    def validate(self, ctx: MergeContext) -> None:
+        texts = [s.text for s in (ctx.samples or [])]
+        if not texts or not any(t.strip() for t in texts):
+            raise MergeError("RECALL needs samples of the new task (non-empty texts): "
+                             "pass --samples FILE or --task NAME")
+        if self.k > len(texts):
+            raise MergeError(f"k={self.k} typical samples requested but only {len(texts)} samples given; "
+                             f"lower --k or give more samples")
+        if not -(ctx.num_layers + 1) <= self.cluster_layer <= ctx.num_layers:
+            raise MergeError(f"method recall: cluster_layer must be a hidden-state index in {-(ctx.num_layers + 1)}.."
+                             f"{ctx.num_layers} (the model has {ctx.num_layers} blocks), got {self.cluster_layer}")
+        if len(pool_names(ctx, self.include_base)[1]) < 2:
+            raise MergeError("RECALL needs at least two models in the pool (e.g. --base DIR and one --models DIR)")
 
     def prepare(self, ctx: MergeContext) -> None:
         from ..assets import load_model
@@ -101,16 +110,9 @@ class RecallMerge(LayerLinear):
         from ..typical import select_typical
         from ..weights import centrality_weights, layer_weights
 
-        texts = [s.text for s in (ctx.samples or [])]
-        if not texts or not any(t.strip() for t in texts):
-            raise MergeError("RECALL needs samples of the new task (non-empty texts): "
-                             "pass --samples FILE or --task NAME")
-        if self.k > len(texts):
-            raise MergeError(f"k={self.k} typical samples requested but only {len(texts)} samples given; "
-                             f"lower --k or give more samples")
+        self.validate(ctx)
+        texts = [s.text for s in ctx.samples]
         names, paths = pool_names(ctx, self.include_base)
-        if len(paths) < 2:
-            raise MergeError("RECALL needs at least two models in the pool (e.g. --base DIR and one --models DIR)")
 
         def reps_of(path: str, which: list[str], desc: str):
             model, tok = load_model(path, device=ctx.device, dtype=getattr(torch, self.dtype))

@@ -1,11 +1,15 @@
-"""Name -> merge method class. A method is one module plus ``@register("name")``."""
+"""Name -> merge method class. A method is one module of ``recall.merge`` plus ``@register("name")``:
+the registry imports every module of the package once, so a new module is found without any other edit."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import pkgutil
 from typing import Any
 
-from .base import MergeError, MergeMethod
+from .base import MergeError, MergeMethod, option_specs
 
 METHODS: dict[str, type[MergeMethod]] = {}
 
@@ -14,6 +18,11 @@ def register(name: str):
     def deco(cls: type[MergeMethod]) -> type[MergeMethod]:
         if name in METHODS:
             raise RuntimeError(f"merge method {name!r} registered twice")
+        undeclared = [f.name for f in dataclasses.fields(cls)
+                      if f.init and not f.name.startswith("_") and "option" not in f.metadata]
+        if undeclared:
+            raise RuntimeError(f"merge method {name!r}: declare option(s) {', '.join(undeclared)} with "
+                               f"recall.merge.base.opt (type, allowed values, meaning)")
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -23,13 +32,22 @@ def register(name: str):
 
 def method_options(name: str) -> dict[str, Any]:
     """Option names of a method and their defaults."""
-    cls = get_method_class(name)
-    return {f.name: f.default for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+    return {k: default for k, (default, _) in option_specs(get_method_class(name)).items()}
+
+
+@functools.cache
+def load_all() -> dict[str, type[MergeMethod]]:
+    """Import every module of ``recall.merge`` (so that each ``@register`` runs); returns ``METHODS``."""
+    from .. import merge
+
+    for info in pkgutil.iter_modules(merge.__path__):  # sorted by module name
+        if not info.ispkg and not info.name.startswith("_"):
+            importlib.import_module(f"{merge.__name__}.{info.name}")
+    return METHODS
 
 
 def get_method_class(name: str) -> type[MergeMethod]:
-    from . import _load_all  # noqa: F401  (imports every method module once)
-
+    load_all()
     try:
         return METHODS[name]
     except KeyError:

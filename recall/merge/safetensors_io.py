@@ -11,13 +11,15 @@ header with dtype/shape/data_offsets, raw little-endian data).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
+from ..assets import AssetError, read_config
 from .base import MergeError
 
 DTYPES = {
@@ -28,6 +30,7 @@ DTYPES = {
 CODES = {v: k for k, v in DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's bound
 
 
 @dataclass(frozen=True)
@@ -43,29 +46,94 @@ class TensorEntry:
         return self.end - self.start
 
 
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _read_header(path: Path) -> dict[str, TensorEntry]:
+    """The tensors of one safetensors file, after checking its header against the format: a JSON object
+    of at most ``MAX_HEADER_BYTES``; each tensor a known dtype, a shape of non-negative integers and
+    ``data_offsets`` whose span is prod(shape) x the dtype's size; spans sorted without gaps or overlaps,
+    covering the data exactly. Anything else is one ``MergeError`` naming the file (and the tensor)."""
+    def bad(what: str) -> MergeError:
+        return MergeError(f"{path} is not a valid safetensors file: {what}; re-save or re-download it")
+
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header size out of range")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error, UnicodeDecodeError) as e:
-        raise MergeError(f"{path} is not a readable safetensors file ({e}); re-save or re-download it") from None
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad(f"{len(head)} bytes, shorter than the 8-byte header size")
+            (n,) = struct.unpack("<Q", head)
+            if not 2 <= n <= MAX_HEADER_BYTES:
+                raise bad(f"header size {n} out of range (2 to {MAX_HEADER_BYTES} bytes)")
+            if 8 + n > size:
+                raise MergeError(f"{path} is truncated: its header needs {n} bytes but the file holds {size - 8} "
+                                 f"after the size field; re-save or re-download it")
+            raw = f.read(n)
+    except OSError as e:
+        raise MergeError(f"{path} cannot be read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise bad(f"header is a JSON {type(header).__name__}, not an object")
+    meta = {} if header.get("__metadata__") is None else header["__metadata__"]
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise bad("__metadata__ must map names to strings")
+    data_start, data_size = 8 + n, size - 8 - n
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = DTYPES[info["dtype"]]
-            a, b = info["data_offsets"]
-        except KeyError as e:
-            raise MergeError(f"{path}: tensor {name} has an unsupported or missing field {e}") from None
-        if 8 + n + b > size:
-            raise MergeError(f"{path} is truncated: tensor {name} ends past the end of the file; re-save it")
-        out[name] = TensorEntry(path, dtype, tuple(info["shape"]), 8 + n + a, 8 + n + b)
+        if not isinstance(info, dict):
+            raise bad(f"tensor {name}: entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in DTYPES:
+            raise bad(f"tensor {name}: dtype {dtype!r} is missing or not supported ({', '.join(DTYPES)})")
+        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+            raise bad(f"tensor {name}: shape {shape!r} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+        need = math.prod(shape) * torch.empty((), dtype=DTYPES[dtype]).element_size()
+        if offsets[1] - offsets[0] != need:
+            raise bad(f"tensor {name}: shape {shape} of {dtype} needs {need} bytes but data_offsets {offsets} "
+                      f"span {offsets[1] - offsets[0]}")
+        out[name] = TensorEntry(path, DTYPES[dtype], tuple(shape), data_start + offsets[0], data_start + offsets[1])
+    pos = 0
+    for name, e in sorted(out.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if e.start - data_start != pos:
+            raise bad(f"tensor {name} starts at data byte {e.start - data_start}, but the tensors before it end at "
+                      f"{pos} (offsets must be sorted, without gaps or overlaps)")
+        pos = e.end - data_start
+    if pos > data_size:
+        last = max(out, key=lambda k: out[k].end)
+        raise MergeError(f"{path} is truncated: tensor {last} ends at data byte {pos} but the file holds "
+                         f"{data_size}; re-save or re-download it")
+    if pos != data_size:
+        raise bad(f"the tensors cover {pos} bytes of data but the file holds {data_size}")
     return out
+
+
+def _shard_file(folder: Path, index: Path, tensor, fname) -> str:
+    """A shard named by the index, refused unless it is a relative path inside ``folder`` (no ``..``)."""
+    p = PurePosixPath(fname) if isinstance(fname, str) else None
+    if (not isinstance(tensor, str) or p is None or not fname or p.is_absolute() or ".." in p.parts
+            or "\\" in fname or "\0" in fname or PureWindowsPath(fname).drive):
+        raise MergeError(f"{index}: weight_map entry {tensor!r} -> {fname!r} is not a file name inside {folder}; "
+                         f"shards must be files of the model folder")
+    return fname
 
 
 class LazyCheckpoint:
@@ -76,12 +144,15 @@ class LazyCheckpoint:
         if not self.folder.is_dir():
             raise MergeError(f"model folder {self.folder} does not exist")
         index, single = self.folder / INDEX_NAME, self.folder / SINGLE_NAME
+        weight_map = None
         if index.exists():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 raise MergeError(f"{index} is not a valid safetensors index ({e})") from None
-            files = sorted(set(weight_map.values()))
+            if not isinstance(weight_map, dict):
+                raise MergeError(f"{index}: weight_map is not an object of tensor name -> shard file")
+            files = sorted({_shard_file(self.folder, index, t, f) for t, f in weight_map.items()})
         elif single.exists():
             files = [SINGLE_NAME]
         else:
@@ -92,11 +163,23 @@ class LazyCheckpoint:
         self.entries: dict[str, TensorEntry] = {}
         for fname in files:
             p = self.folder / fname
-            if not p.exists():
+            if not p.is_file():
                 raise MergeError(f"{self.folder}: shard {fname} named in the index is missing")
-            self.entries.update(_read_header(p))
-        cfg = self.folder / "config.json"
-        self.config = json.loads(cfg.read_text()) if cfg.exists() else {}
+            for name, e in _read_header(p).items():
+                if name in self.entries:
+                    raise MergeError(f"{self.folder}: tensor {name} is in two shards, {self.entries[name].file.name} "
+                                     f"and {fname}")
+                if weight_map is None or weight_map.get(name) == fname:
+                    self.entries[name] = e
+        if weight_map is not None:
+            lost = [t for t in weight_map if t not in self.entries]
+            if lost:
+                raise MergeError(f"{index}: tensor {lost[0]} is mapped to shard {weight_map[lost[0]]}, which does "
+                                 f"not hold it")
+        try:
+            self.config = read_config(self.folder)
+        except AssetError as e:
+            raise MergeError(str(e)) from None
 
     def names(self) -> list[str]:
         return list(self.entries)
@@ -187,6 +270,10 @@ class ShardWriter:
             raise RuntimeError(f"shard writer: tensor {exp_name} got {getattr(self, '_written', 0)} of {n} bytes")
         self._written = 0
         self.i += 1
+
+    def abort(self) -> None:
+        """Close the file after a failure (the caller removes it)."""
+        self.f.close()
 
     def close(self) -> None:
         if self.i != len(self.expected):

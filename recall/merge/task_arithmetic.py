@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import MergeMethod, check_positive, task_vectors
+from .base import MergeMethod, interval, opt, task_vectors
 from .registry import register
 
 DEFAULT_LAM = 0.3
@@ -39,15 +39,14 @@ def add_task_vectors(base: torch.Tensor, tvs: list[torch.Tensor], lam: float) ->
 class TaskArithmetic(MergeMethod):
     """base + lam * (sum of task vectors)."""
 
+    label = "Task Arithmetic"
+
     elementwise = True
 
-    lam: float = DEFAULT_LAM
+    lam: float = opt(DEFAULT_LAM, float, interval(0, lo_open=True), "scaling of the summed task vectors")
 
     needs_base: ClassVar[bool] = True
     reference: ClassVar[str] = "Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023 (arXiv 2212.04089)"
-
-    def __post_init__(self) -> None:
-        check_positive("lam", self.lam)
 
     def merge_tensor(self, name, layer, base, tensors):
         tvs = task_vectors(base, tensors, self.name)

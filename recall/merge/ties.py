@@ -14,7 +14,8 @@ For task vectors tau_i = theta_i - theta_base:
 
 Options (paper defaults, Sec. 5 / official code: "top-k = 20%, lambda = 1" when no validation
 set is used to tune them):
-- ``density`` (default ``0.2``): fraction of each task vector kept, in [0, 1].
+- ``density`` (default ``0.2``): fraction of each task vector kept, in (0, 1] (0 would keep nothing and
+  return the base).
 - ``lam`` (default ``1.0``): scaling of the merged task vector, > 0.
 
 Deviation: trimming is per tensor (each parameter's top 20%), not over the whole flattened model as
@@ -30,11 +31,12 @@ from typing import ClassVar
 
 import torch
 
-from .base import MergeMethod, check_positive, check_unit_interval, task_vectors
+from .base import MergeMethod, interval, opt, task_vectors
 from .registry import register
 
 DEFAULT_DENSITY = 0.2
 DEFAULT_LAM = 1.0
+DENSITY = interval(0, 1, lo_open=True)  # density 0 trims every entry: the merge would be the base
 
 
 def trim(tv: torch.Tensor, density: float) -> torch.Tensor:
@@ -81,16 +83,14 @@ def ties_combine(base: torch.Tensor, tvs: list[torch.Tensor], density: float, la
 class Ties(MergeMethod):
     """TIES-merging with per-tensor trimming."""
 
-    density: float = DEFAULT_DENSITY
-    lam: float = DEFAULT_LAM
+    label = "TIES"
+
+    density: float = opt(DEFAULT_DENSITY, float, DENSITY, "fraction of each task vector kept (0 would keep none)")
+    lam: float = opt(DEFAULT_LAM, float, interval(0, lo_open=True), "scaling of the merged task vector")
 
     needs_base: ClassVar[bool] = True
     reference: ClassVar[str] = ("Yadav et al., TIES-Merging: Resolving Interference When Merging Models, "
                                 "NeurIPS 2023 (arXiv 2306.01708)")
-
-    def __post_init__(self) -> None:
-        check_unit_interval("density", self.density)
-        check_positive("lam", self.lam)
 
     def merge_tensor(self, name, layer, base, tensors):
         return ties_combine(base, task_vectors(base, tensors, self.name), self.density, self.lam)
