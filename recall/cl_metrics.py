@@ -53,7 +53,7 @@ __all__ = [
     "paired_difference_ci",
     "r_matrices",
     "cl_metrics_ci",
-    "format_ci",
+    "cl_difference_ci",
 ]
 
 METRICS = ("AP", "BWT", "FWT", "forgetting")
@@ -318,12 +318,6 @@ def accuracy_ci(correct_vector, n_boot: int = 1000, seed: int = 0, alpha: float 
                         alpha=alpha)
 
 
-def format_ci(estimate: float, low: float, high: float, scale: float = 100.0, digits: int = 1) -> str:
-    """``"71.3 [68.2, 74.1]"`` (scores times ``scale``)."""
-    f = f"{{:.{digits}f}}"
-    return f"{f.format(estimate * scale)} [{f.format(low * scale)}, {f.format(high * scale)}]"
-
-
 # --------------------------------------------------------------------------------------------------
 # Long DataFrames
 # --------------------------------------------------------------------------------------------------
@@ -498,26 +492,10 @@ def r_matrices(df: pd.DataFrame, task_order: Sequence | None = None,
     return out
 
 
-def cl_metrics_ci(df: pd.DataFrame, base_df: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
-                  alpha: float = 0.05, task_order: Sequence | None = None,
-                  step_order: Sequence | None = None) -> pd.DataFrame:
-    """AP, BWT, FWT and forgetting per method with paired bootstrap intervals.
-
-    ``df``: long per-example results of sequential runs, columns ``method, step, task, example, correct``.
-    Row t of R is the step after training on ``task_order[t]`` (default ``task_order``: the tasks in
-    order of first appearance in df, which then must number as many as the steps; steps are ordered
-    by ``step_order``, else by ``task_order`` when the step labels are the task names, else sorted).
-    Every method must have every (step, sequence task) pair evaluated (the upper triangle too). Tasks
-    not in ``task_order`` are unseen: they need the last step and give the extra metric ``AP_unseen``
-    (mean score over the unseen tasks after the last step).
-
-    ``base_df``: the base model's per-example results, columns ``task, example, correct`` (any other
-    column is ignored), on the same examples; it needs tasks ``task_order[1:]``. Without it FWT is NaN.
-
-    Resampling: per task one set of example indices per replicate, shared by every method, step
-    and the base model. Returns columns ``method, metric, estimate, low, high``.
-    """
-    _check_boot_args(n_boot, seed, alpha)
+def _cl_bootstrap(df: pd.DataFrame, base_df: pd.DataFrame | None, n_boot: int, seed: int,
+                  task_order: Sequence | None, step_order: Sequence | None):
+    """(methods, metric names, point estimates name -> (M,), replicates name -> (n_boot, M)) of the CL
+    metrics of every method of ``df``; see :func:`cl_metrics_ci` for the inputs and the resampling."""
     df = _check_long(df, ["method", "step", "task"])
     seq, steps = _sequence(df, task_order, step_order)
     unseen = [t for t in pd.unique(df["task"]) if t not in set(seq)]
@@ -578,7 +556,51 @@ def cl_metrics_ci(df: pd.DataFrame, base_df: pd.DataFrame | None = None, n_boot:
         est["AP_unseen"] = Rp[:, -1, T:].mean(-1)
         bst["AP_unseen"] = Rb[:, :, -1, T:].mean(-1)
         names.append("AP_unseen")
+    return methods, names, est, bst
+
+
+def cl_metrics_ci(df: pd.DataFrame, base_df: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
+                  alpha: float = 0.05, task_order: Sequence | None = None,
+                  step_order: Sequence | None = None) -> pd.DataFrame:
+    """AP, BWT, FWT and forgetting per method with paired bootstrap intervals.
+
+    ``df``: long per-example results of sequential runs, columns ``method, step, task, example, correct``.
+    Row t of R is the step after training on ``task_order[t]`` (default ``task_order``: the tasks in
+    order of first appearance in df, which then must number as many as the steps; steps are ordered
+    by ``step_order``, else by ``task_order`` when the step labels are the task names, else sorted).
+    Every method must have every (step, sequence task) pair evaluated (the upper triangle too). Tasks
+    not in ``task_order`` are unseen: they need the last step and give the extra metric ``AP_unseen``
+    (mean score over the unseen tasks after the last step).
+
+    ``base_df``: the base model's per-example results, columns ``task, example, correct`` (any other
+    column is ignored), on the same examples; it needs tasks ``task_order[1:]``. Without it FWT is NaN.
+
+    Resampling: per task one set of example indices per replicate, shared by every method, step
+    and the base model. Returns columns ``method, metric, estimate, low, high``.
+    """
+    _check_boot_args(n_boot, seed, alpha)
+    methods, names, est, bst = _cl_bootstrap(df, base_df, n_boot, seed, task_order, step_order)
     ci = {name: _interval(bst[name], alpha) for name in names}
     rows = [(m, name, float(est[name][i]), float(ci[name][0][i]), float(ci[name][1][i]))
             for i, m in enumerate(methods) for name in names]
     return pd.DataFrame(rows, columns=["method", "metric", "estimate", "low", "high"])
+
+
+def cl_difference_ci(df: pd.DataFrame, base_df: pd.DataFrame | None, method_a, method_b, n_boot: int = 1000,
+                     seed: int = 0, alpha: float = 0.05, task_order: Sequence | None = None,
+                     step_order: Sequence | None = None) -> pd.DataFrame:
+    """Each CL metric of ``method_a`` minus ``method_b``, paired: both metrics are computed on the same
+    resampled test examples in every replicate (inputs as for :func:`cl_metrics_ci`). Returns columns
+    ``metric, estimate, low, high`` (for forgetting, negative means ``method_a`` forgets less)."""
+    _check_boot_args(n_boot, seed, alpha)
+    methods, names, est, bst = _cl_bootstrap(df, base_df, n_boot, seed, task_order, step_order)
+    for m in (method_a, method_b):
+        if m not in methods:
+            raise ValueError(f"method {m!r} not in df; methods are {methods}")
+    a, b = methods.index(method_a), methods.index(method_b)
+    rows = []
+    for name in names:
+        d = bst[name][:, a] - bst[name][:, b]
+        lo, hi = _interval(d[:, None], alpha)
+        rows.append((name, float(est[name][a] - est[name][b]), float(lo[0]), float(hi[0])))
+    return pd.DataFrame(rows, columns=["metric", "estimate", "low", "high"])

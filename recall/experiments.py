@@ -2,11 +2,16 @@
 analysis and the ablations, as functions over a profile.
 
 Every finished unit (trained expert, merged model, per-example evaluation) is cached under
-``cache_dir()/runs/<profile>/seed<seed>/`` with a key of its configuration and written
-atomically, so a rerun or a resumed run recomputes nothing that finished and never trusts a
-half-written file. Results come back as long per-example tables (columns ``method``, ``task``,
-``example``, ``correct`` and context), which ``recall.cl_metrics`` turns into tables with paired
-bootstrap intervals.
+``runs_dir()/<profile>/seed<seed>/`` (``recall.fsutil.runs_dir``: ``$RECALL_RUNS``, else
+``<cache>/runs``) and written atomically, so a rerun or a resumed run recomputes nothing that
+finished and never trusts a half-written file. A unit's key holds its configuration, the keys of its
+inputs (their folder names) and the fingerprint of the code that makes it
+(``recall.fingerprint.code_fingerprint``): after an edit of the training loop, a merge method or the
+scorer, the units that code makes are computed again, never served stale. Keys hold paths relative
+to the cache, so the same cache reached through another path still hits.
+
+Results come back as long per-example tables (columns ``method``, ``task``, ``example``,
+``correct`` and context); ``recall.tables`` derives the results tables from them.
 """
 
 from __future__ import annotations
@@ -21,10 +26,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fsutil import atomic_write_text, cache_dir
+from .fingerprint import code_fingerprint
+from .fsutil import atomic_write_text, cache_dir, runs_dir
 from .profiles import ABLATIONS, Profile
 
 WEIGHTS_DELETED = "WEIGHTS_DELETED.md"
+
+# the modules each kind of unit is made by (their imports are followed: recall.fingerprint)
+TRAIN_CODE = ("recall.training", "recall.tasks")
+EVAL_CODE = ("recall.scoring", "recall.tasks")
+MERGE_CODE = ("recall.merge.engine", "recall.tasks")
+TINY_CODE = ("recall.tiny",)
+
+
+def merge_code(method: str) -> tuple[str, ...]:
+    """The modules a merge with ``method`` runs: the engine, the method's own module, the task prompts."""
+    from .merge import get_method_class
+
+    return MERGE_CODE + (get_method_class(method).__module__,)
 
 
 def has_weights(folder: Path) -> bool:
@@ -54,19 +73,6 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-# Options of the baselines in our experiments: the registry defaults (their papers' values), except where
-# a scenario needs the base in the pool.
-METHOD_OPTIONS: dict[str, dict] = {
-    "recall": {},
-    "average": {"include_base": False},
-    "task_arithmetic": {},
-    "ties": {},
-    "dare": {},
-    "lm_cocktail": {},
-    "magmax": {},
-}
-
-
 @dataclass
 class Run:
     """One profile and seed: the cache folder and the cached units."""
@@ -84,16 +90,25 @@ class Run:
             import torch
 
             torch.set_num_threads(1)
-        self.root = cache_dir() / "runs" / self.profile.name / f"seed{self.seed}"
+        self.root = runs_dir() / self.profile.name / f"seed{self.seed}"
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def ref(self, path) -> str:
+        """A path as it enters a cache key: relative to the runs folder or the cache when inside them (so the
+        same cache reached through another path gives the same keys), else absolute."""
+        p = Path(path).resolve()
+        for tag, root in (("runs", runs_dir().resolve()), ("cache", cache_dir().resolve())):
+            if p.is_relative_to(root):
+                return f"{tag}:{p.relative_to(root).as_posix()}"
+        return str(p)
 
     # ------------------------------------------------------------------ model and data
     @functools.cached_property
     def base(self) -> Path:
         if self.profile.model == "tiny":
-            from .testing import make_tiny_checkpoint
+            from .tiny import make_tiny_checkpoint
 
-            path = self.root / "base-tiny"
+            path = self.root / f"base-tiny-{_key(code_fingerprint(*TINY_CODE))}"
             if not (path / "config.json").exists():
                 from .fsutil import atomic_dir
 
@@ -106,13 +121,9 @@ class Run:
 
     @functools.cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
+        from .assets import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(self.base)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "left"
-        return tok
+        return load_tokenizer(self.base)
 
     def data(self, task: str):
         """The task's splits (train only for training tasks), loaded once per run."""
@@ -129,21 +140,23 @@ class Run:
 
         return get_task(task).samples(self.data(task)["train"], self.tokenizer, self.profile.max_text_tokens)
 
-    def pool_samples(self, task: str):
-        """Candidate samples of the new task for typical-sample selection and LM-Cocktail."""
-        return self.train_samples(task)[: self.profile.sample_pool]
+    def candidate_samples(self, task: str):
+        """The new task's candidate samples, for typical-sample selection and LM-Cocktail: the first
+        ``n_candidates`` of its training split."""
+        return self.train_samples(task)[: self.profile.n_candidates]
 
     # ------------------------------------------------------------------ units
     def _timed(self, what: str, t0: float):
         self.timings[what] = round(self.timings.get(what, 0) + time.time() - t0, 2)
 
     def train(self, start: Path, tasks: tuple[str, ...], name: str, ewc=None, **overrides) -> Path:
-        """Fine-tune ``start`` on ``tasks`` (one task, or several = multi-task), cached."""
+        """Fine-tune ``start`` on ``tasks`` (one task, or several = multi-task on their union), cached."""
         from .training import train_and_save
 
         cfg = self.profile.train_config(self.seed, **overrides)
         samples = [s for t in tasks for s in self.train_samples(t)]  # multi-task: finetune shuffles (seeded)
-        out = self.root / "models" / f"{name}-{_key([str(start), tasks, cfg.to_dict()])}"
+        key = _key([self.ref(start), tasks, cfg.to_dict(), code_fingerprint(*TRAIN_CODE)])
+        out = self.root / "models" / f"{name}-{key}"
         t0 = time.time()
         path = train_and_save(self.weights_of(start), samples, cfg, out, ewc=ewc, progress=self.progress)
         self._timed("training", t0)
@@ -157,16 +170,17 @@ class Run:
 
     def merge(self, method: str, models: list[Path], samples_task: str | None, base: Path | None = None,
               name: str | None = None, **options) -> Path:
-        """Merge ``models`` (oldest first) with ``method``; cached by inputs and options. A folder whose
-        weights ``release`` deleted is returned as is; ``evaluate`` and ``train`` merge it again if they
-        need its weights."""
-        opts = {**METHOD_OPTIONS.get(method, {}), **options}
-        if method == "recall":
-            opts.setdefault("k", self.profile.recall_k)
+        """Merge ``models`` (oldest first) with ``method`` and ``options`` (over the registry defaults); cached
+        by inputs, the method's full options and the merge code. A folder whose weights ``release`` deleted
+        is returned as is; ``evaluate`` and ``train`` merge it again if they need its weights."""
+        from .merge import get_method
+
+        opts = get_method(method, **options).options()  # every option, defaults included: one key per merge
         base = self.base if base is None else base
-        key = _key([method, opts, [str(m) for m in models], str(base), samples_task, self.profile.sample_pool])
+        key = _key([method, opts, [self.ref(m) for m in models], self.ref(base), samples_task,
+                    self.profile.n_candidates, code_fingerprint(*merge_code(method))])
         out = self.root / "merged" / f"{name or method}-{key}"
-        self._recipes[out] = (method, list(models), samples_task, base, opts)
+        self._recipes[out] = (method, list(models), samples_task, base, dict(options))
         if not (out / "merge_config.json").exists():
             self._merge(out)
         return out
@@ -176,10 +190,10 @@ class Run:
         from .merge.engine import merge_models
 
         method, models, samples_task, base, opts = self._recipes[out]
-        samples = self.pool_samples(samples_task) if samples_task else None
+        samples = self.candidate_samples(samples_task) if samples_task else None
         t0 = time.time()
-        merge_models(get_method(method, **opts), models, out, base=base, samples=samples, seed=self.seed,
-                     progress=self.progress, device=self.profile.device, force=True)
+        merge_models(get_method(method, **opts), [self.weights_of(m) for m in models], out, base=base,
+                     samples=samples, seed=self.seed, progress=self.progress, device=self.profile.device, force=True)
         self._timed("merging", t0)
 
     def weights_of(self, model: Path) -> Path:
@@ -191,14 +205,16 @@ class Run:
 
     def release(self, model: Path) -> None:
         """Delete the weights of a merged model nothing more is computed from (its scores are cached),
-        unless the profile keeps them (``keep_merged``); its config, card and weights table stay."""
-        if self.profile.keep_merged or Path(model) not in self._recipes:
+        unless the profile keeps them (``keep_merged``); its config, card and weights table stay. A folder
+        without weights is left alone (a fully cached rerun writes nothing)."""
+        model = Path(model)
+        if self.profile.keep_merged or model not in self._recipes or not has_weights(model):
             return
-        drop_weights(Path(model))
+        drop_weights(model)
 
     def _eval_file(self, model: Path, task: str) -> Path:
         p = self.profile
-        key = _key([str(model), task, p.n_test, p.max_text_tokens, self.seed])
+        key = _key([self.ref(model), task, p.n_test, p.max_text_tokens, self.seed, code_fingerprint(*EVAL_CODE)])
         return self.root / "evals" / f"{Path(model).name}-{task}-{key}.csv"
 
     def evaluate(self, model: Path, task: str, loaded=None) -> pd.DataFrame:
@@ -238,12 +254,15 @@ class Run:
 
 # ---------------------------------------------------------------------- scenarios
 
+EXAMPLE_COLUMNS = ["example", "label", "pred", "correct"]
+
 
 def single_model(run: Run) -> pd.DataFrame:
     """Paper's single-model merging: per task, merge its expert into the base with each method.
 
     Each merged model is scored on its own task (new-task performance) and on the unseen tasks
-    (general ability). Rows: method ("base", "expert", or a merge method), expert_task, task, example, correct.
+    (general ability). Returns the ``single_examples`` table (``recall.tables``): method ("base",
+    "expert", or a merge method), expert_task, task, example, label, pred, correct.
     """
     p = run.profile
     frames = []
@@ -253,20 +272,27 @@ def single_model(run: Run) -> pd.DataFrame:
         expert = run.expert(t)
         frames.append(run.evaluate_on(expert, tasks, method="expert", expert_task=t))
         for m in p.single_methods:
-            merged = run.merge(m, [expert], samples_task=t, name=f"single-{t}-{m}",
-                               **({"include_base": True} if m == "average" else {}))
+            merged = run.merge(m, [expert], samples_task=t, name=f"single-{t}-{m}", **p.options_for("single", m))
             frames.append(run.evaluate_on(merged, tasks, method=m, expert_task=t))
             run.release(merged)
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    return df[["method", "expert_task", "task", *EXAMPLE_COLUMNS]]
+
+
+def _multi_merge(run: Run, method: str, **options) -> Path:
+    """The multi-model merge of the base and every expert (oldest first) with ``method``; for the methods that
+    read samples, M_N is the last expert and the samples come from its task (our reading of the paper)."""
+    p = run.profile
+    order = list(p.task_order)
+    experts = [run.expert(t) for t in order]
+    return run.merge(method, experts, samples_task=order[-1], name=f"multi-{method}",
+                     **{**p.options_for("multi", method), **options})
 
 
 def multi_model(run: Run) -> pd.DataFrame:
     """Paper's multi-model merging: base + the task experts into one model, scored on every task and the
     unseen tasks. References: the base, each expert on its own task, multi-task training (not data-free).
-
-    For RECALL and LM-Cocktail the "new" model M_N is the last expert in task order and the samples
-    come from its task (our reading; the paper's multi-model protocol is not specified further).
-    """
+    Returns the ``multi_examples`` table (method, task, example, label, pred, correct)."""
     p = run.profile
     order = list(p.task_order)
     experts = [run.expert(t) for t in order]
@@ -276,17 +302,20 @@ def multi_model(run: Run) -> pd.DataFrame:
     if p.multitask:
         frames.append(run.evaluate_on(run.multitask(), run.all_tasks, method="multitask"))
     for m in p.multi_methods:
-        merged = run.merge(m, experts, samples_task=order[-1], name=f"multi-{m}")
+        merged = _multi_merge(run, m)
         frames.append(run.evaluate_on(merged, run.all_tasks, method=m))
         run.release(merged)
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    return df[["method", "task", *EXAMPLE_COLUMNS]]
 
 
-def experts_row(df: pd.DataFrame) -> pd.DataFrame:
-    """The 'individual experts' reference of a multi-model frame: each expert on its own task."""
-    rows = df[df["method"].str.startswith("expert-")]
-    own = rows[rows["method"].str.removeprefix("expert-") == rows["task"]]
-    return own.assign(method="experts")
+def multi_recall_weights(run: Run) -> pd.DataFrame:
+    """The ``multi_recall_weights`` table: the layer weights of the multi-model RECALL merge (cached by
+    :func:`multi_model`), columns named ``base`` and ``expert-<task>``."""
+    order = list(run.profile.task_order)
+    w = merge_weights(_multi_merge(run, "recall"))
+    w.columns = list(w.columns[: len(w.columns) - len(order)]) + [f"expert-{t}" for t in order]
+    return w
 
 
 def sequential(run: Run, task_order: tuple[str, ...] | None = None,
@@ -297,8 +326,9 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
     Methods: "sft" (plain sequential LoRA fine-tuning), "ewc" (EWC penalty), or a merge method: after
     fine-tuning task t from the current model, merge {current, new} with typical samples of task t
     (the notes' protocol; the base model is the reference for task-vector methods).
-    Rows: method, step (1..T), task, example, correct.
+    Returns the ``seq_examples`` table: method, step (1..T), task, example, label, pred, correct.
     """
+    from .catalog import TRAINING
     from .training import sequential_finetune
 
     p = run.profile
@@ -307,16 +337,18 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
     samples = {t: run.train_samples(t) for t in order}
     frames = []
     for m in methods:
-        root = run.root / "sequential" / f"{m}-{'-'.join(order)}-{_key(p.train_config(run.seed).to_dict())}"
         ewc = m == "ewc"
         cfg = p.train_config(run.seed, **({"ewc_lambda": p.ewc_lambda, "ewc_samples": p.ewc_samples} if ewc else {}))
+        opts = {} if m in TRAINING else p.options_for("sequential", m)
+        code = code_fingerprint(*TRAIN_CODE) + ("" if m in TRAINING else code_fingerprint(*merge_code(m)))
+        root = run.root / "sequential" / f"{m}-{'-'.join(order)}-{_key([cfg.to_dict(), opts, code])}"
         state = {"current": run.base}  # the model the next step starts from
 
-        def after(step, task, ckpt, m=m, state=state):
-            if m in ("sft", "ewc"):
+        def after(step, task, ckpt, m=m, state=state, opts=opts):
+            if m in TRAINING:
                 return None
             merged = run.merge(m, [state["current"], ckpt], samples_task=task, name=f"seq-{m}-step{step}-{task}",
-                               **({"include_base": False} if m == "recall" else {}))
+                               **opts)
             state["current"] = merged
             return merged
 
@@ -327,21 +359,29 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
         for i, model in enumerate(steps, 1):
             tasks = order + (tuple(p.unseen) if i == len(order) else ())
             frames.append(run.evaluate_on(model, tasks, method=m, step=i))
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    return df[["method", "step", "task", *EXAMPLE_COLUMNS]]
+
+
+def base_examples(run: Run, tasks) -> pd.DataFrame:
+    """The ``seq_base_examples`` table: the base model's per-example results on ``tasks``."""
+    return run.evaluate_on(run.base, tasks)[["task", *EXAMPLE_COLUMNS]]
 
 
 def ablations(run: Run) -> pd.DataFrame:
-    """RECALL variants in the multi-model scenario, scored on the training tasks."""
+    """RECALL variants (``ABLATIONS``: options over the multi-model RECALL merge's) in the multi-model
+    scenario, scored on the training tasks. Returns the ``ablation_examples`` table."""
     p = run.profile
     order = list(p.task_order)
     experts = [run.expert(t) for t in order]
     frames = []
     for name in ("default",) + tuple(p.ablations):
         merged = run.merge("recall", experts, samples_task=order[-1], name=f"ablation-{name}",
-                           **ABLATIONS[name])
-        frames.append(run.evaluate_on(merged, p.tasks, method="recall", variant=name))
+                           **{**p.options_for("multi", "recall"), **ABLATIONS[name]})
+        frames.append(run.evaluate_on(merged, p.tasks, variant=name))
         run.release(merged)
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    return df[["variant", "task", *EXAMPLE_COLUMNS]]
 
 
 def merge_weights(path: Path) -> pd.DataFrame:
@@ -352,17 +392,19 @@ def merge_weights(path: Path) -> pd.DataFrame:
 def representation_analysis(run: Run, n_samples: int = 32) -> dict[str, pd.DataFrame]:
     """Within-model adjacent-layer similarity and per-layer similarity between task experts.
 
-    Samples: ``n_samples`` test texts spread evenly over the training tasks (prompts formatted as in
-    evaluation). Returns frames: ``adjacent`` (model, layer, similarity), ``pairwise`` (layer, model_a,
-    model_b, similarity, measure), ``to_base`` (layer, model, similarity).
+    Samples: ``n_samples`` test texts spread evenly over the training tasks (``tables.probes_per_task``;
+    prompts formatted as in evaluation). Returns the tables ``adjacent`` (model, layer, measure,
+    similarity), ``pairwise`` (layer, model_a, model_b, measure, similarity) and ``to_base`` (layer,
+    model, measure, similarity).
     """
     from .assets import load_model
     from .representations import layer_representations
     from .similarity import adjacent_layer_similarity, similarity_matrix
+    from .tables import probes_per_task
     from .tasks import get_task
 
     p = run.profile
-    per = max(1, n_samples // len(p.tasks))
+    per = probes_per_task(n_samples, len(p.tasks))
     texts = []
     for t in p.tasks:
         ds = run.data(t)["test"]
@@ -374,43 +416,21 @@ def representation_analysis(run: Run, n_samples: int = 32) -> dict[str, pd.DataF
         mdl, tok = load_model(path, device=p.device)
         reps.append(layer_representations(mdl, tok, texts, batch_size=p.eval_batch_size, progress=run.progress,
                                           desc=f"representations {n}"))
-    adjacent = []
-    for n, r in zip(names, reps):
-        for measure in ("rbf", "cka_linear"):
-            s = adjacent_layer_similarity(r, measure)
-            adjacent += [{"model": n, "layer": i + 1, "measure": measure, "similarity": float(v)}
-                         for i, v in enumerate(s)]
-    pairwise = []
-    for measure in ("rbf", "cka_linear"):
+    measures = ("rbf", "cka_linear")
+    adjacent = [{"model": n, "layer": i + 1, "measure": measure, "similarity": float(v)}
+                for n, r in zip(names, reps) for measure in measures
+                for i, v in enumerate(adjacent_layer_similarity(r, measure))]
+    pairwise, to_base = [], []
+    for measure in measures:
         sm = similarity_matrix(reps[1:], measure)  # experts only
-        for layer in range(sm.shape[0]):
-            for a in range(sm.shape[1]):
-                for b in range(sm.shape[2]):
-                    pairwise.append({"layer": layer, "model_a": names[1 + a], "model_b": names[1 + b],
-                                     "measure": measure, "similarity": float(sm[layer, a, b])})
-    pw = pd.DataFrame(pairwise)
-    to_base = []
-    for measure in ("rbf", "cka_linear"):
+        pairwise += [{"layer": layer, "model_a": names[1 + a], "model_b": names[1 + b], "measure": measure,
+                      "similarity": float(sm[layer, a, b])}
+                     for layer in range(sm.shape[0]) for a in range(sm.shape[1]) for b in range(sm.shape[2])]
+    for measure in measures:
         sm = similarity_matrix(reps, measure)
-        for layer in range(sm.shape[0]):
-            for j in range(1, len(names)):
-                to_base.append({"layer": layer, "model": names[j], "measure": measure,
-                                "similarity": float(sm[layer, 0, j])})
-    return {"adjacent": pd.DataFrame(adjacent), "pairwise": pw, "to_base": pd.DataFrame(to_base),
-            "samples": pd.DataFrame({"n": [len(texts)], "per_task": [per]})}
-
-
-def mean_offdiag(pairwise: pd.DataFrame) -> pd.DataFrame:
-    """Mean similarity between distinct experts per layer and measure (the 'shallow agree, deep diverge' curve)."""
-    off = pairwise[pairwise["model_a"] != pairwise["model_b"]]
-    return off.groupby(["measure", "layer"], as_index=False)["similarity"].mean()
-
-
-def spearman_depth(curve: pd.DataFrame) -> float:
-    """Rank correlation between layer depth and mean inter-expert similarity (negative = diverge with depth)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(curve["layer"], curve["similarity"]).statistic)
+        to_base += [{"layer": layer, "model": names[j], "measure": measure, "similarity": float(sm[layer, 0, j])}
+                    for layer in range(sm.shape[0]) for j in range(1, len(names))]
+    return {"adjacent": pd.DataFrame(adjacent), "pairwise": pd.DataFrame(pairwise), "to_base": pd.DataFrame(to_base)}
 
 
 def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory")) -> pd.DataFrame:
@@ -422,9 +442,9 @@ def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory"
 
     from .bench import measure
     from .merge.layers import num_layers_of
-    from .testing import make_tiny_checkpoint
+    from .tiny import make_tiny_checkpoint
 
-    work = run.root / "efficiency"
+    work = run.root / "efficiency" / _key([run.ref(run.base), code_fingerprint(*TINY_CODE)])
     copies = []
     for i in range(max(n_models_list)):
         path = work / f"copy{i}"

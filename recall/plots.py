@@ -9,7 +9,11 @@ One style for all: seaborn's whitegrid theme (applied inside each call, the glob
 they are), one colour per method across all figures (RECALL always red), readable method and task
 names (``method_label``, ``task_label``), and titles that name the profile and the model
 (``where(profile)``). Intervals drawn as error bars are the 95% paired bootstrap intervals of the
-tables (columns ``estimate, low, high``); accuracies are plotted in percent.
+tables (columns ``estimate, low, high``); accuracies are plotted in percent. Labels and colours come
+from ``recall.catalog``.
+
+``figures(notebook, tables, ...)`` makes every figure of one notebook from its tables (``FIGURES``
+names them): the notebooks call it and nothing else.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from .catalog import RECALL_RED as _RECALL_RED
+from .catalog import colors as method_colors
+from .catalog import label as method_label
+from .catalog import task_label
+
 __all__ = [
-    "METHOD_LABELS",
-    "TASK_LABELS",
     "method_label",
     "task_label",
     "model_label",
@@ -43,44 +50,11 @@ __all__ = [
     "forgetting_curves",
     "ablation_plot",
     "efficiency_plot",
+    "FIGURES",
+    "figures",
 ]
 
-METHOD_LABELS = {
-    "recall": "RECALL",
-    "average": "Average",
-    "task_arithmetic": "Task Arithmetic",
-    "ties": "TIES",
-    "dare": "DARE",
-    "lm_cocktail": "LM-Cocktail",
-    "magmax": "MagMax",
-    "sft": "LoRA SFT",
-    "ewc": "EWC",
-    "base": "Base model",
-    "expert": "Expert",
-    "experts": "Experts (own task)",
-    "multitask": "Multi-task training",
-    "default": "default",
-}
-TASK_LABELS = {
-    "bbc": "BBC", "rt": "RT", "trec": "TREC", "sms": "SMS", "ng": "20NG", "r8": "R8", "amazon": "Amazon",
-    "mean": "mean",
-}
 MODEL_LABELS = {"tiny": "tiny random Llama", "smollm2": "SmolLM2-135M-Instruct"}
-# fixed colour order: the same method gets the same colour in every figure
-_COLOR_ORDER = ("recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail", "magmax", "sft", "ewc",
-                "multitask", "expert", "experts", "base")
-_RECALL_RED = "#c0392b"
-
-
-def method_label(name) -> str:
-    name = str(name)
-    if name.startswith("expert-"):
-        return f"Expert {task_label(name.removeprefix('expert-'))}"
-    return METHOD_LABELS.get(name, name)
-
-
-def task_label(name) -> str:
-    return TASK_LABELS.get(str(name), str(name))
 
 
 def model_label(model: str) -> str:
@@ -97,24 +71,6 @@ def where(profile, model: str | None = None) -> str:
     name = getattr(profile, "name", profile)
     model = model if model is not None else getattr(profile, "model", None)
     return f"profile {name}" + (f", {model_label(model)}" if model else "")
-
-
-def method_colors(methods: Sequence) -> dict:
-    """Method -> colour; known methods keep their colour whatever else is plotted, RECALL is red."""
-    cb = sns.color_palette("colorblind", 10)
-    palette = [cb[i] for i in (0, 1, 2, 3, 4, 5, 6, 9)]  # without grey (base) and the pale yellow
-    fixed = {"recall": _RECALL_RED, "base": "#7f7f7f", "expert": "#444444", "experts": "#444444",
-             "multitask": "#5e3c99"}
-    i = 0
-    for m in _COLOR_ORDER:
-        if m not in fixed:
-            fixed[m] = palette[i % len(palette)]
-            i += 1
-    extra = [m for m in methods if str(m) not in fixed]
-    more = sns.color_palette("husl", max(1, len(extra)))
-    out = {m: fixed[str(m)] for m in methods if str(m) in fixed}
-    out.update({m: more[j] for j, m in enumerate(extra)})
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ style
@@ -221,7 +177,7 @@ def interexpert_similarity(pairwise: pd.DataFrame, curve: pd.DataFrame, subtitle
     ``low``/``high``).
 
     ``pairwise``: columns ``layer, model_a, model_b, measure, similarity``; ``curve``: columns
-    ``measure, layer, similarity`` (``recall.experiments.mean_offdiag``), optionally ``low, high``.
+    ``measure, layer, similarity`` (``recall.tables.interexpert_curve``), optionally ``low, high``.
     """
     pw = pairwise[pairwise["measure"] == measure]
     show = list(layers) if layers is not None else _pick_layers(pw["layer"].unique()[1:] if pw["layer"].nunique() > 3
@@ -519,3 +475,78 @@ def efficiency_plot(eff: pd.DataFrame, subtitle: str | None = None, bench: pd.Da
         ax.set_title("benchmark vs mergekit")
     _suptitle(fig, title + size, subtitle)
     return fig
+
+
+# ------------------------------------------------------------------------------------- per notebook
+
+
+def _comparisons(diffs: pd.DataFrame, by: str = "other", scope: bool = True) -> pd.DataFrame:
+    """Task-mean rows of a difference table, labelled "RECALL - <method> (<scope>)"."""
+    d = diffs[diffs["task"] == "mean"]
+    text = "RECALL - " + d[by].map(method_label) + ((" (" + d["scope"] + ")") if scope else "")
+    return d.assign(comparison=text)
+
+
+def _scope(table: pd.DataFrame, scope: str) -> pd.DataFrame:
+    return table[table["scope"] == scope].drop(columns="scope")
+
+
+def _representation_figures(t, sub, order):
+    return {"adjacent": adjacent_similarity(t["adjacent"], sub),
+            "interexpert": interexpert_similarity(t["pairwise"], t["interexpert_curve"], sub),
+            "to_base": similarity_to_base(t["to_base"], sub)}
+
+
+def _single_figures(t, sub, order):
+    acc = t["single_accuracy"]
+    return {"single_accuracy": method_accuracy({"own task (new-task performance)": _scope(acc, "own task"),
+                                                "unseen tasks (general ability)": _scope(acc, "unseen tasks")}, sub,
+                                               title="Single-model merging: accuracy with 95% intervals"),
+            "single_diff": difference_forest(_comparisons(t["single_diff"]), sub,
+                                             title="Single-model merging: RECALL minus each method "
+                                                   "(task mean, paired 95% intervals)")}
+
+
+def _multi_figures(t, sub, order):
+    return {"multi_recall_weights": weights_heatmap(t["multi_recall_weights"], sub,
+                                                    title="RECALL multi-model merge: weights per layer"),
+            "multi_accuracy": method_accuracy({"training tasks": t["multi_train"], "unseen tasks": t["multi_unseen"]},
+                                              sub, title="Multi-model merging: accuracy with 95% intervals"),
+            "multi_diff": difference_forest(_comparisons(t["multi_diff"]), sub,
+                                            title="Multi-model merging: RECALL minus each method "
+                                                  "(task mean, paired 95% intervals)")}
+
+
+def _sequential_figures(t, sub, order):
+    R = {k.removeprefix("R_"): v for k, v in t.items() if k.startswith("R_")}
+    return {"seq_r_matrices": r_matrix_heatmaps(R, sub, n_seq=len(order),
+                                                title=f"Sequential fine-tuning, order {' > '.join(order)}: R matrix"),
+            "seq_forgetting": forgetting_curves(R, order, sub),
+            "seq_metrics": method_accuracy(t["seq_metrics"].rename(columns={"metric": "task"}), sub,
+                                           title="Sequential fine-tuning: CL metrics with 95% intervals",
+                                           ylabel="score (percentage points)")}
+
+
+def _ablation_figures(t, sub, order):
+    d = t["ablation_diff"]
+    d = d[d["task"] == "mean"].assign(comparison=lambda x: x["variant"] + " - default")
+    return {"ablation_accuracy": ablation_plot(t["ablation_accuracy"], sub),
+            "ablation_diff": difference_forest(d, sub, title="Ablations: variant minus default (task mean, paired "
+                                                             "95% intervals)")}
+
+
+def _efficiency_figures(t, sub, order):
+    return {"efficiency": efficiency_plot(t["efficiency"], sub, bench=t.get("merge_speed"))}
+
+
+# notebook -> function(tables, subtitle, task order) -> {figure name: Figure}
+FIGURES = {"01_representations": _representation_figures, "02_single_model": _single_figures,
+           "03_multi_model": _multi_figures, "04_sequential": _sequential_figures, "05_ablations": _ablation_figures,
+           "06_efficiency": _efficiency_figures}
+
+
+def figures(notebook: str, tables: Mapping[str, pd.DataFrame], subtitle: str | None = None,
+            task_order: Sequence[str] = ()) -> dict[str, Figure]:
+    """Every figure of ``notebook`` (``FIGURES``) from its tables (measured and derived, by name)."""
+    fn = FIGURES.get(notebook)
+    return {} if fn is None else fn(tables, subtitle, list(task_order))

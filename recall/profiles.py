@@ -13,8 +13,10 @@ Any field can be overridden: ``get_profile("cpu", n_test=200)``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .catalog import merge_methods
 from .tasks import TRAIN_TASKS, UNSEEN_TASKS, get_task
 
 ORDERS = {
@@ -22,7 +24,13 @@ ORDERS = {
     "order2": ("ng", "sms", "trec", "rt", "bbc"),
     "order3": ("trec", "bbc", "sms", "ng", "rt"),
 }
-ALL_MERGES = ("recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail", "magmax")
+ALL_MERGES = merge_methods()  # RECALL and every registered merging baseline
+SCENARIOS = ("single", "multi", "sequential")
+# options of the merge methods per scenario, over the registry defaults (RECALL's k is the profile's recall_k):
+# single-model merging averages the expert with its base (a pool of one expert would return it unchanged);
+# the sequential merges pool {current, new} without the base
+DEFAULT_METHOD_OPTIONS = {"single": {"average": {"include_base": True}},
+                          "sequential": {"recall": {"include_base": False}}}
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,9 @@ class Profile:
     ewc_samples: int | None = 32
     # merging
     recall_k: int = 16
-    sample_pool: int = 64  # candidates of the new task's training split that typical samples come from
+    n_candidates: int = 64  # first examples of the new task's training split that typical samples are chosen from
+    # per scenario (single, multi, sequential), per merge method: options over the registry defaults
+    method_options: Mapping[str, Mapping[str, dict]] = field(default_factory=lambda: DEFAULT_METHOD_OPTIONS)
     # keep the weights of merged models nothing is trained from, once their scores are cached (False: delete
     # them, about 0.5 GB each for SmolLM2-135M; the folder keeps its config, card and weights table)
     keep_merged: bool = False
@@ -70,9 +80,28 @@ class Profile:
         if sorted(self.task_order) != sorted(self.tasks):
             raise ValueError(f"task_order {list(self.task_order)} must be an ordering of the profile's tasks "
                              f"{list(self.tasks)}")
-        if self.recall_k > self.sample_pool or self.sample_pool > self.n_train:
-            raise ValueError(f"need recall_k <= sample_pool <= n_train, got {self.recall_k}, {self.sample_pool}, "
+        if self.recall_k > self.n_candidates or self.n_candidates > self.n_train:
+            raise ValueError(f"need recall_k <= n_candidates <= n_train, got {self.recall_k}, {self.n_candidates}, "
                              f"{self.n_train}")
+        unknown = sorted(set(self.method_options) - set(SCENARIOS))
+        if unknown:
+            raise ValueError(f"method_options has unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
+        for o in self.extra_orders:
+            if sorted(o) != sorted(self.tasks):
+                raise ValueError(f"extra order {list(o)} must be an ordering of the profile's tasks {list(self.tasks)}")
+
+    def options_for(self, scenario: str, method: str) -> dict:
+        """The options of merge ``method`` in ``scenario``: ``method_options`` over the registry defaults, and
+        RECALL's ``k`` from ``recall_k``."""
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; scenarios are {list(SCENARIOS)}")
+        opts = {"k": self.recall_k} if method == "recall" else {}
+        opts.update(self.method_options.get(scenario, {}).get(method, {}))
+        return opts
+
+    def orders(self) -> tuple[tuple[str, ...], ...]:
+        """Every task order the sequential scenario runs: the profile's, then ``extra_orders``."""
+        return (tuple(self.task_order),) + tuple(tuple(o) for o in self.extra_orders)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,25 +122,25 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", model="tiny", tasks=("trec", "sms", "rt"), unseen=("amazon",),
         task_order=("trec", "sms", "rt"), n_train=12, n_test=6, max_text_tokens=16, epochs=1, batch_size=4,
-        recall_k=3, sample_pool=8, ewc_lambda=10.0, ewc_samples=4, eval_batch_size=8, n_boot=50,
+        recall_k=3, n_candidates=8, ewc_lambda=10.0, ewc_samples=4, eval_batch_size=8, n_boot=50,
         single_methods=("recall", "average", "ties"), sequential_methods=("sft", "ewc", "recall"),
         ablations=("random_samples", "global_weight"),
         notes="tiny random model; checks that everything runs, numbers are meaningless"),
     "quick": Profile(
-        name="quick", n_train=32, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, sample_pool=32,
+        name="quick", n_train=32, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, n_candidates=32,
         single_methods=("recall", "average", "task_arithmetic", "ties"),
         multi_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
         sequential_methods=("sft", "recall"), multitask=False, ablations=("random_samples", "global_weight"),
         n_boot=500, notes="SmolLM2-135M, small splits; about 15 minutes on 2 cores"),
     "cpu": Profile(
-        name="cpu", n_train=64, n_test=80, max_text_tokens=40, recall_k=16, sample_pool=64,
+        name="cpu", n_train=64, n_test=80, max_text_tokens=40, recall_k=16, n_candidates=64,
         single_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
         sequential_methods=("sft", "ewc", "recall"),
         ablations=("random_samples", "k_small", "cka_linear", "bandwidth_models", "temp_0.1", "global_weight"),
         notes="SmolLM2-135M on 2 CPU cores; the default of tox -e replicate"),
     "gpu": Profile(
         name="gpu", n_train=1000, n_test=500, max_text_tokens=128, epochs=2, batch_size=16, recall_k=32,
-        sample_pool=256, seeds=(0, 1, 2), extra_orders=(ORDERS["order2"], ORDERS["order3"]),
+        n_candidates=256, seeds=(0, 1, 2), extra_orders=(ORDERS["order2"], ORDERS["order3"]),
         sequential_methods=("sft", "ewc", "recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail",
                             "magmax"),
         ablations=("random_samples", "k_small", "k_large", "cka_linear", "cka_rbf", "cosine", "bandwidth_models",

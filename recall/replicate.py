@@ -1,23 +1,37 @@
 """Run the result notebooks of one profile with papermill: ``python -m recall.replicate --profile cpu``.
 
-    python -m recall.replicate --profile cpu                        # all notebooks, seed 0
+    python -m recall.replicate --profile cpu                        # all notebooks, every seed and order
     python -m recall.replicate --profile smoke --notebooks 01 04   # a selection (number prefixes or names)
     python -m recall.replicate --profile cpu --notebooks 04 -y 'task_order: [trec, bbc, sms, ng, rt]'
     python -m recall.replicate --profile cpu --param task_order='[trec, bbc, sms, ng, rt]'
     python -m recall.replicate --profile smoke --results-root /tmp/res   # results elsewhere (tests)
 
-First prints the profile's budget plan (``recall.profiles.plan``), then executes each notebook of
+First prints the profile's budget plan (``recall.profiles.plan``), then executes the notebooks of
 ``notebooks/`` in order with papermill's Python API (kernel ``python3``, working folder ``notebooks/``,
-parameters ``profile``, ``seed`` and any extra parameter the notebook declares), showing papermill's
-progress bar. The notebooks write their tables and figures to ``<results root>/<profile>/`` and record
-provenance there; the executed notebook goes to ``<results root>/<profile>/notebooks/<name>.ipynb``
-(written under a temporary name and renamed when the run succeeded, with long text outputs trimmed).
-A notebook run with another ``task_order`` is saved as ``<name>-order-<tasks>.ipynb``, one with a seed other
-than 0 as ``<name>-seed<n>.ipynb`` (its tables go to the subfolder ``seed<n>/``).
+parameters ``profile``, ``seed`` and any extra parameter the notebook declares). Every seed of the
+profile's ``seeds`` is run (``--seed N``: only that one), and the sequential notebook also for each of the
+profile's ``extra_orders`` (unless ``task_order`` is given); ``07_claims`` runs last, once, after any
+selection, so the verdicts always reflect every result in the folder. The notebooks
+write their tables and figures to ``<results root>/<profile>/`` and record provenance there; the executed
+notebook goes to ``<results root>/<profile>/notebooks/<name>.ipynb`` (written under a temporary name and
+renamed when the run succeeded, with long text outputs trimmed). A notebook run with another
+``task_order`` is saved as ``<name>-order-<tasks>.ipynb``, one with a seed other than 0 as
+``<name>-seed<n>.ipynb`` (their tables go to the subfolders ``order-<tasks>/`` and ``seed<n>/``).
+
+The notebooks' sources are the ``py:percent`` files beside them (``notebooks/0*.py``, paired with the
+``.ipynb`` by jupytext); a notebook whose ``.ipynb`` differs from its source is refused (run
+``jupytext --sync notebooks/0*.py``).
 
 The results root is ``--results-root``, else ``$RECALL_RESULTS``, else ``results/`` in the repository;
 the option sets ``RECALL_RESULTS`` for the kernels. A failing notebook stops the run: the error names the
 notebook and the failing cell, and the partly executed notebook is kept as ``<name>.failed.ipynb``.
+
+The cache: trained models, merges and evaluations are kept in ``$RECALL_RUNS`` (default
+``~/.cache/recall/runs``, or ``$RECALL_CACHE/runs``), keyed by their configuration and by a fingerprint of
+the code that makes them, so an edit of the code recomputes what it affects and never serves a stale
+result. To start from nothing, delete that folder (``rm -r ~/.cache/recall/runs``) or point
+``RECALL_RUNS`` at an empty one; the downloaded archives and the converted model stay in
+``~/.cache/recall``.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from .profiles import PROFILES, get_profile, plan
-from .results import repo_root
+from .results import repo_root, results_root
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -46,8 +60,26 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
+CLAIMS_NOTEBOOK = "07_claims"  # reads every other notebook's tables: runs last, once
+
+
 def available_notebooks() -> list[Path]:
     return sorted(p for p in notebooks_dir().glob("[0-9]*.ipynb"))
+
+
+def out_of_sync(path: Path) -> str | None:
+    """Why ``path`` (an ``.ipynb``) differs from its ``py:percent`` source, or None when they agree."""
+    import jupytext
+    import nbformat
+
+    src = path.with_suffix(".py")
+    if not src.is_file():
+        return f"{path.name} has no source {src.name}"
+    want = [(c.cell_type, c.source) for c in jupytext.read(src).cells]
+    have = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
+    if want != have:
+        return f"{path.name} differs from {src.name}"
+    return None
 
 
 def select_notebooks(selection: list[str] | None) -> list[Path]:
@@ -92,16 +124,35 @@ def declared_parameters(path: Path) -> dict:
     return papermill.inspect_notebook(str(path))
 
 
-def output_name(stem: str, params: dict) -> str:
+def output_name(stem: str, params: dict, profile=None) -> str:
     """The executed notebook's name: ``stem``, plus ``-seed<n>`` for a seed other than 0 and ``-order-<tasks>``
-    for an explicit task order (the notebooks write those results to subfolders too)."""
+    for a task order other than the profile's (the notebooks write those results to subfolders too)."""
     name = stem
     if params.get("seed"):
         name += f"-seed{params['seed']}"
     order = params.get("task_order")
-    if order:
+    if order and (profile is None or tuple(order) != tuple(profile.task_order)):
         name += f"-order-{'-'.join(map(str, order))}"
     return name
+
+
+def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds: list[int] | None = None
+              ) -> list[tuple[Path, dict]]:
+    """(notebook, parameters) of every run: each selected notebook for every seed (default: the profile's
+    ``seeds``), the sequential one also for every ``extra_orders`` entry unless ``task_order`` is given, and
+    ``07_claims`` last, once."""
+    jobs, last = [], []
+    for path in selected:
+        own = {k: v for k, v in extra.items() if k in declared[path.stem]}
+        if path.stem == CLAIMS_NOTEBOOK:
+            last.append((path, {"profile": profile.name, "seed": 0, **own}))
+            continue
+        for seed in seeds if seeds is not None else list(profile.seeds):
+            params = {"profile": profile.name, "seed": seed, **own}
+            jobs.append((path, params))
+            if "task_order" in declared[path.stem] and "task_order" not in own:
+                jobs += [(path, {**params, "task_order": list(o)}) for o in profile.extra_orders]
+    return jobs + last
 
 
 def _trim_outputs(nb, limit: int = MAX_TEXT_OUTPUT):
@@ -132,7 +183,7 @@ def run_notebook(path: Path, out_dir: Path, params: dict, kernel: str = "python3
     from papermill.exceptions import PapermillExecutionError
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = output_name(path.stem, params)
+    name = output_name(path.stem, params, get_profile(params["profile"]) if "profile" in params else None)
     final = out_dir / f"{name}.ipynb"
     tmp = out_dir / f".{name}.partial.ipynb"
     failed = out_dir / f"{name}.failed.ipynb"
@@ -161,7 +212,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help=f"profile ({', '.join(PROFILES)}); default cpu")
     ap.add_argument("--notebooks", nargs="+", metavar="NB", help="notebooks to run (e.g. 01 03); default all")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, help="run only this seed (default: every seed of the profile)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=YAML",
                     help="extra notebook parameter, value in YAML (repeatable), e.g. task_order='[trec, bbc]'")
     ap.add_argument("-y", "--yaml", action="append", default=[], metavar="YAML",
@@ -181,6 +232,12 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(str(e))
     selected = select_notebooks(args.notebooks)
+    claims = [p for p in available_notebooks() if p.stem == CLAIMS_NOTEBOOK]
+    if claims and claims[0] not in selected:  # the verdicts always reflect every result there is
+        selected.append(claims[0])
+    stale = [why for p in selected if (why := out_of_sync(p))]
+    if stale:
+        ap.error("; ".join(stale) + " (run `jupytext --sync notebooks/0*.py`)")
     extra = parse_params(args.param, args.yaml)
     declared = {p.stem: declared_parameters(p) for p in selected}
     if args.list:
@@ -190,9 +247,9 @@ def main(argv=None) -> int:
     unused = sorted(k for k in extra if not any(k in d for d in declared.values()))
     if unused:
         ap.error(f"no selected notebook declares parameter(s) {', '.join(unused)}")
+    jobs = plan_jobs(profile, selected, declared, extra, None if args.seed is None else [args.seed])
 
-    root = args.results_root or Path(os.environ.get("RECALL_RESULTS", repo_root() / "results"))
-    root = root.resolve()
+    root = results_root(args.results_root).resolve()
     os.environ["RECALL_RESULTS"] = str(root)
     for k, v in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -201,15 +258,13 @@ def main(argv=None) -> int:
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
-    print(f"recall replicate: profile {profile.name} ({profile.notes}), seed {args.seed}")
+    print(f"recall replicate: profile {profile.name} ({profile.notes}), {len(jobs)} notebook run(s)")
     print(plan(profile).report())
     print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
     out_dir = root / profile.name / "notebooks"
     times = []
     t_all = time.time()
-    for path in selected:
-        params = {"profile": profile.name, "seed": args.seed}
-        params.update({k: v for k, v in extra.items() if k in declared[path.stem]})
+    for path, params in jobs:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
         print(f"\n== {path.stem} ({shown})", flush=True)
         t0 = time.time()
@@ -220,7 +275,7 @@ def main(argv=None) -> int:
             print(f"\nERROR: {e}", file=sys.stderr, flush=True)
             _print_times(times, time.time() - t_all)
             return 1
-        times.append((path.stem, time.time() - t0))
+        times.append((output_name(path.stem, params, profile), time.time() - t0))
         print(f"   done in {times[-1][1]:.1f} s -> {out}", flush=True)
     _print_times(times, time.time() - t_all)
     return 0

@@ -2,7 +2,8 @@
 
 Every number in the book comes from a file written here by a notebook run; ``provenance.json``
 records for each notebook the git commit, profile, parameters, device, library versions and
-wall time.
+wall time. Tables are written through ``recall.tables.to_csv`` (declared columns checked); the
+results root is resolved in one place, :func:`results_root`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "scikit-
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def results_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The results root: ``explicit``, else ``$RECALL_RESULTS``, else ``results/`` of the repository."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("RECALL_RESULTS")
+    return Path(env) if env else repo_root() / "results"
 
 
 # what a replication run writes itself: changes there do not make the code "dirty"
@@ -79,30 +88,44 @@ def library_versions() -> dict[str, str]:
 
 
 class Results:
-    """The results folder of one notebook run: ``results/<profile>/[<subdir>/]``."""
+    """The results folder of one notebook run: ``<results root>/<profile>/[<subdir>/]``."""
 
     def __init__(self, profile: str, notebook: str, subdir: str | None = None, root: str | Path | None = None):
-        base = Path(root) if root is not None else Path(os.environ.get("RECALL_RESULTS", repo_root() / "results"))
-        self.profile_dir = base / profile
+        self.profile_dir = results_root(root) / profile
         self.dir = self.profile_dir / subdir if subdir else self.profile_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.notebook = notebook
         self.t0 = time.time()
         self.files: list[str] = []
 
-    def table(self, name: str, df: pd.DataFrame, index: bool = False) -> Path:
-        path = self.dir / f"{name}.csv"
-        atomic_write_text(path, df.to_csv(index=index, float_format="%.6g"))
+    def _record(self, path: Path) -> Path:
         self.files.append(str(path.relative_to(self.profile_dir)))
         return path
+
+    def table(self, name: str, df: pd.DataFrame) -> Path:
+        """Write table ``name`` (declared in ``recall.tables.SPECS``) as ``<name>.csv``."""
+        from .tables import to_csv
+
+        return self._record(atomic_write_text(self.dir / f"{name}.csv", to_csv(name, df)))
+
+    def write(self, **tables: pd.DataFrame) -> None:
+        """Write several tables: ``res.write(multi_examples=df, ...)``."""
+        for name, df in tables.items():
+            self.table(name, df)
+
+    def derive(self, params) -> dict[str, pd.DataFrame]:
+        """Compute this notebook's derived tables from the measured ones already written here
+        (``recall.tables.derive``), write them, and return them."""
+        from .tables import derive
+
+        out = derive(self.notebook, self.dir, params)
+        self.write(**out)
+        return out
 
     def figure(self, name: str, fig) -> Path:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-        path = self.dir / f"{name}.png"
-        atomic_write_bytes(path, buf.getvalue())
-        self.files.append(str(path.relative_to(self.profile_dir)))
-        return path
+        return self._record(atomic_write_bytes(self.dir / f"{name}.png", buf.getvalue()))
 
     def provenance(self, profile, params: dict | None = None, timings: dict | None = None) -> Path:
         """Record this notebook's run in ``results/<profile>/provenance.json`` (one entry per notebook)."""
@@ -122,3 +145,9 @@ class Results:
             "files": sorted(set(self.files)),
         }
         return atomic_write_json(path, data)
+
+
+def read_provenance(profile_dir: str | Path) -> dict:
+    """``provenance.json``'s notebook entries (key: notebook, or notebook/subdir), or {} when absent."""
+    path = Path(profile_dir) / "provenance.json"
+    return json.loads(path.read_text()).get("notebooks", {}) if path.exists() else {}

@@ -19,7 +19,6 @@ from recall.cl_metrics import (
     cl_metrics_ci,
     cl_summary,
     forgetting,
-    format_ci,
     forward_transfer,
     method_table_ci,
     paired_difference_ci,
@@ -338,10 +337,6 @@ def test_cl_metrics_ci_step_labels_and_errors():
         cl_metrics_ci(df, base[base.example < 30], task_order=seq)
     with pytest.raises(ValueError, match=r"base_df lacks task\(s\) \['c'\]"):
         cl_metrics_ci(df, base[base.task != "c"], task_order=seq)
-
-
-def test_format_ci():
-    assert format_ci(0.7134, 0.6821, 0.7412) == "71.3 [68.2, 74.1]"
 
 
 def test_full_protocol_shape():

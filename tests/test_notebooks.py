@@ -3,8 +3,8 @@
 One module-scoped run executes every notebook with ``python -m recall.replicate --profile smoke`` into a
 temporary results root (the repository's ``results/`` is never touched), then the sequential notebook once
 more with another task order, then builds the book from those results into a temporary folder with
-``-W -n``. The experiment cache is the default one (``$RECALL_CACHE`` or ``~/.cache/recall``), so reruns and
-CI reuse trained models and evaluations. The fast tests below need no kernel.
+``-W -n``. The experiment cache is the session's temporary ``RECALL_RUNS`` (tests/conftest.py). The fast
+tests below need no kernel.
 """
 
 from __future__ import annotations
@@ -15,34 +15,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pandas as pd
 import pytest
 
-from recall import book, plots, replicate
+from recall import plots, replicate, tables
 from recall.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SMOKE = get_profile("smoke")
 OTHER_ORDER = tuple(reversed(SMOKE.task_order))
-
-EXPECTED = {
-    "01_representations": ["adjacent.csv", "pairwise.csv", "interexpert_curve.csv", "to_base.csv", "c1_summary.csv",
-                           "adjacent.png", "interexpert.png", "to_base.png"],
-    "02_single_model": ["single_examples.csv", "single_accuracy.csv", "single_diff.csv", "single_accuracy.png",
-                        "single_diff.png"],
-    "03_multi_model": ["multi_examples.csv", "multi_train.csv", "multi_unseen.csv", "multi_normalized.csv",
-                       "multi_diff.csv", "multi_recall_weights.csv", "multi_recall_weights.png", "multi_accuracy.png",
-                       "multi_diff.png"],
-    "04_sequential": ["seq_examples.csv", "seq_base_examples.csv", "seq_metrics.csv", "seq_diff.csv", "base_scores.csv",
-                      "seq_r_matrices.png", "seq_forgetting.png", "seq_metrics.png"]
-                     + [f"R_{m}.csv" for m in SMOKE.sequential_methods],
-    "05_ablations": ["ablation_examples.csv", "ablation_accuracy.csv", "ablation_diff.csv", "ablation_accuracy.png",
-                     "ablation_diff.png"],
-    "06_efficiency": ["efficiency.csv", "efficiency.png"],
+FIGURES = {
+    "01_representations": ["adjacent", "interexpert", "to_base"],
+    "02_single_model": ["single_accuracy", "single_diff"],
+    "03_multi_model": ["multi_recall_weights", "multi_accuracy", "multi_diff"],
+    "04_sequential": ["seq_r_matrices", "seq_forgetting", "seq_metrics"],
+    "05_ablations": ["ablation_accuracy", "ablation_diff"],
+    "06_efficiency": ["efficiency"],
+    "07_claims": [],
 }
-CI_COLUMNS = {"estimate", "low", "high"}
+
+
+def _expected(nb: str) -> list[str]:
+    """Every file a notebook writes: its declared tables (R_{method} once per sequential method) and figures."""
+    out = []
+    for s in tables.SPECS.values():
+        if s.notebook != nb:
+            continue
+        out += ([f"R_{m}.csv" for m in SMOKE.sequential_methods] if "{" in s.name else [f"{s.name}.csv"])
+    return out + [f"{f}.png" for f in FIGURES[nb]]
 
 
 def _env(results_root: Path) -> dict:
@@ -81,7 +84,8 @@ def test_replicate_writes_every_table_figure_and_provenance(smoke_run):
     assert "estimated time" in out  # the budget plan comes first
     assert "wall time per notebook" in out
     prov = json.loads((res / "provenance.json").read_text())["notebooks"]
-    for nb, files in EXPECTED.items():
+    for nb in FIGURES:
+        files = [f for f in _expected(nb) if f != "merge_speed.csv"]
         for f in files:
             assert (res / f).is_file() and (res / f).stat().st_size > 0, f"{nb}: {f} missing"
         entry = prov[nb]
@@ -97,14 +101,22 @@ def test_replicate_writes_every_table_figure_and_provenance(smoke_run):
     assert not leftovers
 
 
-def test_tables_have_intervals(smoke_run):
+def test_derived_tables_rebuild_from_the_written_files(smoke_run):
+    """What the notebooks derived is what recall.tables.derive gives from their measured files, byte for byte."""
+    res = smoke_run[0] / "smoke"
+    prov = json.loads((res / "provenance.json").read_text())["notebooks"]
+    for nb in tables.DERIVATIONS:
+        out = tables.derive(nb, res, tables.Params.from_provenance(prov[nb]))
+        for name, df in out.items():
+            assert tables.to_csv(name, df) == (res / f"{name}.csv").read_text(), f"{nb}: {name}"
+
+
+def test_tables_have_intervals_and_claims_cover_every_baseline(smoke_run):
     res = smoke_run[0] / "smoke"
     for name in ("single_accuracy", "single_diff", "multi_train", "multi_unseen", "multi_normalized", "multi_diff",
-                 "seq_metrics", "seq_diff", "ablation_accuracy", "ablation_diff", "c1_summary"):
-        df = pd.read_csv(res / f"{name}.csv")
-        assert CI_COLUMNS <= set(df.columns), name
-        assert len(df), name
-    assert {"low", "high"} <= set(pd.read_csv(res / "interexpert_curve.csv").columns)
+                 "seq_metrics", "seq_diff", "ablation_accuracy", "ablation_diff", "c1_summary", "interexpert_curve"):
+        df = tables.read(res / f"{name}.csv")
+        assert {"low", "high"} <= set(df.columns) and len(df), name
     train = pd.read_csv(res / "multi_train.csv")
     assert {"recall", "experts", "base"} <= set(train["method"])
     assert set(train["task"]) == set(SMOKE.tasks) | {"mean"}
@@ -112,18 +124,23 @@ def test_tables_have_intervals(smoke_run):
     assert {"AP", "BWT", "FWT", "forgetting", "AP_unseen"} <= set(metrics["metric"])
     ok = metrics.dropna(subset=["low", "high"])
     assert ((ok["low"] <= ok["estimate"] + 1e-9) & (ok["estimate"] <= ok["high"] + 1e-9)).all()
-    c1 = pd.read_csv(res / "c1_summary.csv")
-    assert {"spearman_depth", "first_third_mean", "last_third_mean", "first_minus_last"} <= set(c1["statistic"])
     w = pd.read_csv(res / "multi_recall_weights.csv", index_col=0)
     assert list(w.columns[-len(SMOKE.task_order):]) == [f"expert-{t}" for t in SMOKE.task_order]
     assert (w.sum(axis=1) - 1).abs().max() < 1e-4
+    claims = pd.read_csv(res / "claims.csv")
+    assert list(claims["claim"]) == ["C1", "C2", "C3", "C4", "C5"]
+    comp = pd.read_csv(res / "claim_comparisons.csv")
+    from recall.catalog import label, merge_baselines
+
+    c2 = comp[comp["claim"] == "C2"]
+    assert set(c2["comparison"]) == {f"RECALL - {label(b)}" for b in merge_baselines()}  # none silently dropped
 
 
 def test_sequential_other_order_goes_to_its_subfolder(smoke_run):
     root, _, out = smoke_run
     res = root / "smoke"
     sub = res / ("order-" + "-".join(OTHER_ORDER))
-    for f in EXPECTED["04_sequential"]:
+    for f in _expected("04_sequential"):
         assert (sub / f).is_file(), f
     R = pd.read_csv(sub / "R_recall.csv", index_col=0)
     assert list(R.columns[: len(OTHER_ORDER)]) == list(OTHER_ORDER)
@@ -132,57 +149,66 @@ def test_sequential_other_order_goes_to_its_subfolder(smoke_run):
     assert prov[key]["parameters"]["task_order"] == list(OTHER_ORDER)
     assert prov["04_sequential"]["parameters"]["task_order"] == list(SMOKE.task_order)  # not overwritten
     assert (res / "notebooks" / f"04_sequential-order-{'-'.join(OTHER_ORDER)}.ipynb").is_file()
-    assert "01_representations" not in out  # only the selected notebook ran
+    assert "01_representations" not in out and "== 07_claims" in out  # the selected notebook, then the claims
 
 
 def _snapshot(folder: Path) -> dict:
-    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if "_build" not in p.parts}
 
 
 def test_book_builds_from_smoke_results(smoke_run, tmp_path):
     root = smoke_run[0]
-    repo_pages = _snapshot(ROOT / "book" / "results")
-    _run(["-m", "recall.book", "--profile", "smoke", "--results-root", str(root), "--book-dir", str(tmp_path / "book"),
-          "--build-dir", str(tmp_path / "build"), "-q"], _env(root), timeout=600)
-    claims = (tmp_path / "book" / "results" / "claims.md").read_text()
+    before = _snapshot(ROOT / "book")
+    _run(["-m", "recall.book", "--profile", "smoke", "--results-root", str(root), "--build-dir", str(tmp_path),
+          "-q"], _env(root), timeout=600)
+    html = tmp_path / "_build" / "html" / "results"
+    claims = (html / "claims.html").read_text()
     for c in ("C1", "C2", "C3", "C4", "C5"):
-        assert f"| {c} |" in claims
-    assert "56.93" in claims and "45.00" in claims  # the paper's numbers, labelled
-    assert "smoke" in claims
-    seq = (tmp_path / "book" / "results" / "sequential.md").read_text()
-    assert " > ".join(OTHER_ORDER) in seq
-    html = tmp_path / "build" / "_build" / "html"
-    assert (html / "results" / "claims.html").is_file()
-    assert (html / "results" / "sequential.html").is_file()
-    assert list((tmp_path / "book" / "results" / "figures").glob("*.png"))
-    assert _snapshot(ROOT / "book" / "results") == repo_pages  # the repository's book/ is not written
+        assert f">{c}<" in claims
+    assert "56.93" in claims and "smoke" in claims  # the paper's numbers, labelled; the profile named
+    assert "results/smoke/claims.csv" in claims  # every table names its source file
+    seq = (html / "sequential.html").read_text()
+    assert " &gt; ".join(OTHER_ORDER) in seq
+    assert "Not run in this profile" not in (html / "multi_model.html").read_text()
+    assert list((tmp_path / "_build" / "html" / "_images").glob("*.png"))
+    assert _snapshot(ROOT / "book") == before  # the repository's book/ is not written
 
 
 # ------------------------------------------------------------------------------------------------ fast
 
 
-def test_notebooks_match_generator():
-    proc = subprocess.run([sys.executable, str(NOTEBOOKS / "_make_notebooks.py"), "--check"], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("0*.ipynb")), ids=lambda p: p.stem)
-def test_notebook_shape(path):
+def test_notebook_is_its_source_and_thin(path):
+    """The .ipynb papermill runs is the py:percent source (jupytext) cell for cell, without outputs, and holds
+    only parameters, library calls and display."""
+    assert replicate.out_of_sync(path) is None
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
     assert 'profile = "smoke"' in code[0].source and "seed = 0" in code[0].source
     assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "res.provenance(P, params, run.timings)" in code[-1].source
+    assert code[-1].source.strip() == "nb.provenance()"
+    for c in code[1:]:
+        for line in c.source.splitlines():
+            assert not line.startswith(("def ", "class ", "for ", "if ", "while ")), f"{path.name}: {line}"
     declared = replicate.declared_parameters(path)
     assert {"profile", "seed"} <= set(declared)
     if path.stem == "04_sequential":
         assert declared["task_order"]["default"] == "None"
+    assert path.stem in FIGURES and path.stem in {s.notebook for s in tables.SPECS.values()} | {"07_claims"}
 
 
-def test_replicate_arguments():
+def test_out_of_sync_notebook_is_refused(tmp_path, monkeypatch):
+    src = NOTEBOOKS / "02_single_model.py"
+    (tmp_path / src.name).write_text(src.read_text().replace('seed = 0', 'seed = 1'))
+    nbformat.write(jupytext.read(src), tmp_path / "02_single_model.ipynb")
+    assert "differs" in replicate.out_of_sync(tmp_path / "02_single_model.ipynb")
+    (tmp_path / src.name).unlink()
+    assert "no source" in replicate.out_of_sync(tmp_path / "02_single_model.ipynb")
+
+
+def test_replicate_arguments_and_jobs():
     assert [p.stem for p in replicate.select_notebooks(["04", "01"])] == ["01_representations", "04_sequential"]
     assert replicate.select_notebooks(["03_multi_model"])[0].stem == "03_multi_model"
     with pytest.raises(SystemExit):
@@ -195,40 +221,19 @@ def test_replicate_arguments():
     assert replicate.output_name("04_sequential", {"task_order": ["a", "b"]}) == "04_sequential-order-a-b"
     assert replicate.output_name("04_sequential", {"task_order": None, "seed": 0}) == "04_sequential"
     assert replicate.output_name("01_x", {"seed": 2}) == "01_x-seed2"
+    # seeds and extra orders of a profile are really run; the claims notebook runs last, once
+    gpu = get_profile("gpu")
+    sel = replicate.select_notebooks(["01", "04", "07"])
+    jobs = replicate.plan_jobs(gpu, sel, {p.stem: replicate.declared_parameters(p) for p in sel}, {})
+    names = [replicate.output_name(p.stem, params, gpu) for p, params in jobs]
+    assert len(names) == len(set(names)) == 3 + 3 * 3 + 1
+    assert names[-1] == "07_claims" and "04_sequential-seed2-order-" + "-".join(gpu.extra_orders[1]) in names
 
 
 def test_replicate_rejects_unknown_parameter(tmp_path):
     with pytest.raises(SystemExit):
         replicate.main(["--profile", "smoke", "--notebooks", "01", "--param", "task_order=[a]",
                         "--results-root", str(tmp_path)])
-
-
-def test_claim_rules():
-    assert book.verdict(0.01, 0.2) == "supported"
-    assert book.verdict(-0.2, -0.01) == "refuted"
-    assert book.verdict(-0.1, 0.1) == "inconclusive"
-    assert book.verdict(0.0, 0.0) == "inconclusive"
-    assert book.verdict(-0.2, -0.01, better="lower") == "supported"
-    assert book.verdict(float("nan"), 0.1) == "not available"
-    assert book.combine(["supported", "supported"]) == "supported"
-    assert book.combine(["supported", "inconclusive"]) == "inconclusive"
-    assert book.combine(["supported", "refuted"]) == "refuted"
-    assert book.combine([]) == "not run in this profile"
-    assert book.ci_text(0.5, 0.4, 0.6) == "50.0 [40.0, 60.0]"
-
-
-def test_book_pages_without_results(tmp_path):
-    """Missing results give 'not run in this profile' pages, never an error (no build here)."""
-    rc = book.main(["--profile", "quick", "--results-root", str(tmp_path / "none"), "--book-dir", str(tmp_path / "b"),
-                    "--no-build"])
-    assert rc == 0
-    out = tmp_path / "b" / "results"
-    for page in ("claims", *book.PAGES):
-        text = (out / f"{page}.md").read_text()
-        assert text.startswith("# ")
-        assert book.NOT_RUN.lower() in text.lower(), page
-    assert (out / "_profiles.md").read_text().count("|") > 10
-    assert (tmp_path / "b" / "_toc.yml").is_file()
 
 
 def test_plots_return_figures_without_pyplot():

@@ -1,0 +1,52 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 Sequential fine-tuning
+#
+# Tasks arrive one at a time (claim C3; `recall.experiments.sequential`). Plain sequential LoRA fine-tuning
+# (`sft`) and EWC fine-tune the current model on each new task; the merge methods fine-tune the current model on
+# task t and then merge {current, new} with typical samples of task t. After every step every model is scored on
+# every task of the sequence (the R matrix, upper triangle included) and, after the last step, on the unseen
+# tasks. AP, BWT, FWT and forgetting are defined in `recall.cl_metrics` (`recall.tables.sequential_tables`).
+#
+# `task_order = None` uses the profile's order; another order (papermill `-y 'task_order: [...]'`) writes to the
+# subfolder `order-<tasks>` (a seed other than 0 to `seed<n>[-order-<tasks>]`). Intervals: 95% paired percentile
+# bootstrap over test examples (the same resampled examples for every method, step and the base model).
+
+# %% tags=["parameters"]
+profile = "smoke"
+seed = 0
+task_order = None  # None: the order of the profile
+
+# %%
+from recall.experiments import base_examples, sequential
+from recall.notebook import Notebook
+
+nb = Notebook("04_sequential", profile, seed, task_order=task_order)
+
+# %%
+order = nb.task_order
+nb.write(seq_examples=sequential(nb.run, order),
+         seq_base_examples=base_examples(nb.run, order + tuple(nb.profile.unseen)))
+nb.derive()
+nb.show("seq_metrics")
+
+# %%
+nb.show("seq_diff")
+
+# %%
+nb.figures()
+
+# %%
+nb.provenance()

@@ -1,0 +1,110 @@
+"""What every result notebook does around its science: setup, the cached run, the results folder, display.
+
+A result notebook (``notebooks/0*.py``, paired with the ``.ipynb`` that papermill runs) is a parameters
+cell and a few calls::
+
+    nb = Notebook("03_multi_model", profile, seed)
+    nb.write(multi_examples=multi_model(nb.run))   # measured tables (recall.experiments)
+    nb.derive()                                     # derived tables (recall.tables)
+    nb.show("multi_train")                          # a table as recall.tables.view shows it
+    nb.figures()                                    # every figure of the notebook (recall.plots.FIGURES)
+    nb.provenance()                                 # results/<profile>/provenance.json
+
+Results of a seed other than 0 or a task order other than the profile's go to their own subfolder
+(:func:`subdir_for`), so they never overwrite the main run's.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import pandas as pd
+
+from . import plots, tables
+from .experiments import Run
+from .profiles import get_profile
+from .results import Results
+
+
+def quiet() -> None:
+    """Silence the warnings and progress bars that would only clutter an executed notebook."""
+    import transformers
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def subdir_for(profile, seed: int = 0, task_order: Sequence[str] | None = None) -> str | None:
+    """The results subfolder of a run: ``seed<n>`` for a seed other than 0, ``order-<tasks>`` for a task
+    order other than the profile's, both joined by ``-``; None for the main run."""
+    parts = [f"seed{seed}"] if seed else []
+    if task_order and tuple(task_order) != tuple(profile.task_order):
+        parts.append("order-" + "-".join(task_order))
+    return "-".join(parts) or None
+
+
+class Notebook:
+    """One notebook run: profile, ``Run`` (cached units), ``Results`` folder and the tables written so far."""
+
+    def __init__(self, name: str, profile: str, seed: int = 0, **params):
+        quiet()
+        self.name = name
+        self.profile = get_profile(profile)
+        order = params.get("task_order")
+        self.task_order = tuple(order) if order else tuple(self.profile.task_order)
+        if "task_order" in params:
+            params["task_order"] = list(self.task_order)
+        self.params = {"profile": profile, "seed": seed, **params}
+        self.run = Run(self.profile, seed=seed, progress=False)
+        self.res = Results(profile, name, subdir=subdir_for(self.profile, seed, self.task_order))
+        self.table_params = tables.Params.of(self.profile, seed, **params)
+        self.tables: dict[str, pd.DataFrame] = {}
+
+    def write(self, **measured: pd.DataFrame) -> None:
+        """Write measured tables (from ``recall.experiments``)."""
+        self.res.write(**measured)
+        self.tables.update(measured)
+
+    def include(self, name: str) -> bool:
+        """Use table ``name`` written by another program into the profile's folder (the merge-speed benchmark),
+        if it exists there; it is listed among this run's files. Returns whether it exists."""
+        path = self.res.profile_dir / f"{name}.csv"
+        if path.is_file():
+            self.tables[name] = tables.read(path, name)
+            self.res.files.append(path.name)
+        return path.is_file()
+
+    def derive(self) -> dict[str, pd.DataFrame]:
+        """Compute, write and keep this notebook's derived tables (``recall.tables.derive``)."""
+        out = self.res.derive(self.table_params)
+        self.tables.update(out)
+        return out
+
+    def show(self, name: str, **view):
+        """Display table ``name`` as ``recall.tables.view`` shows it."""
+        from IPython.display import display
+
+        display(tables.view(name, self.tables[name], **view))
+
+    def figures(self) -> None:
+        """Make, save and display every figure of this notebook."""
+        from IPython.display import Image, display
+
+        figs = plots.figures(self.name, self.tables, plots.where(self.profile), self.task_order)
+        for fig_name, fig in figs.items():
+            display(Image(filename=str(self.res.figure(fig_name, fig))))
+
+    def provenance(self) -> None:
+        """Record this run in ``provenance.json``."""
+        from IPython.display import Markdown, display
+
+        self.res.provenance(self.profile, self.params, self.run.timings)
+        display(Markdown(f"Wrote {len(set(self.res.files))} files to `{self.res.dir}`; step timings (s): "
+                         f"{self.run.timings}"))
+
+
+__all__ = ["Notebook", "quiet", "subdir_for"]
