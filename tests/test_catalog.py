@@ -13,11 +13,20 @@ def test_registry_finds_every_method_module():
 
     from recall import merge
 
+    import importlib
+    import inspect
+
+    from recall.merge.base import MergeMethod
+
     load_all()
-    modules = {cls.__module__.rsplit(".", 1)[1] for cls in METHODS.values()}
-    assert modules == {"average", "dare", "layer_linear", "lm_cocktail", "magmax", "recall", "task_arithmetic",
-                       "ties"}
-    assert modules <= {m.name for m in pkgutil.iter_modules(merge.__path__)}
+    registered = set(METHODS.values())
+    for info in pkgutil.iter_modules(merge.__path__):  # every method class of the package is registered
+        module = importlib.import_module(f"recall.merge.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, MergeMethod) and cls.__module__ == module.__name__ and not inspect.isabstract(cls):
+                assert cls in registered, f"{cls.__name__} in {info.name} is not registered"
+    assert {"average", "dare", "layer_linear", "lm_cocktail", "magmax", "recall", "task_arithmetic",
+            "ties"} <= set(METHODS)
 
 
 def test_method_lists_and_labels_derive_from_the_registry():
