@@ -449,7 +449,10 @@ def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory"
     for i in range(max(n_models_list)):
         path = work / f"copy{i}"
         if not (path / "config.json").exists():
-            make_tiny_checkpoint(path, seed=100 + i, perturb_from=run.base, noise=1e-3)
+            from .fsutil import atomic_dir
+
+            with atomic_dir(path, force=True) as tmp:  # a killed run never leaves a half copy that looks done
+                make_tiny_checkpoint(tmp, seed=100 + i, perturb_from=run.base, noise=1e-3)
         copies.append(path)
     num_layers = num_layers_of(json.loads((run.base / "config.json").read_text()))
     size_mib = sum(f.stat().st_size for f in run.base.glob("*.safetensors")) / 2**20

@@ -35,6 +35,35 @@ def runs_dir() -> Path:
     return root
 
 
+class CacheBusy(RuntimeError):
+    """Another process holds the experiment cache's lock."""
+
+
+@contextlib.contextmanager
+def cache_lock(root: Path | None = None) -> Iterator[Path]:
+    """Hold the lock of the experiment cache (``runs_dir()/.lock``) for a whole replicate run, so two runs never
+    build the same units at once; a second run raises ``CacheBusy`` naming the holder instead of waiting."""
+    import fcntl
+
+    path = Path(root or runs_dir()) / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CacheBusy(f"the experiment cache {path.parent} is in use by replicate run {holder}; wait for it to "
+                            f"finish, or give this run its own cache with RECALL_RUNS=DIR") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

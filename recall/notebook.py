@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import plots, tables
 from .experiments import Run
-from .profiles import get_profile
+from .profiles import check_task_order, get_profile
 from .results import Results
 
 
@@ -55,7 +55,7 @@ class Notebook:
         self.name = name
         self.profile = get_profile(profile)
         order = params.get("task_order")
-        self.task_order = tuple(order) if order else tuple(self.profile.task_order)
+        self.task_order = check_task_order(self.profile, order) if order else tuple(self.profile.task_order)
         if "task_order" in params:
             params["task_order"] = list(self.task_order)
         self.params = {"profile": profile, "seed": seed, **params}

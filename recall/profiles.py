@@ -166,6 +166,29 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
+def check_task_order(profile: Profile, order) -> tuple[str, ...]:
+    """``order`` as a tuple when it is an ordering of the profile's training tasks, else one clear ValueError
+    (a string, an empty list, duplicates, unknown or unseen-only tasks, a missing task)."""
+    if isinstance(order, str) or not isinstance(order, (list, tuple)):
+        raise ValueError(f"task_order must be a list of task names such as {list(profile.task_order)}, "
+                         f"got {order!r}")
+    order = tuple(order)
+    if not order:
+        raise ValueError("task_order is empty; give an ordering of the profile's tasks "
+                         f"{list(profile.tasks)}")
+    bad = [t for t in order if not isinstance(t, str) or t not in profile.tasks]
+    if bad:
+        raise ValueError(f"task_order names {bad}, which are not training tasks of profile {profile.name} "
+                         f"({', '.join(profile.tasks)}; unseen tasks are never trained on)")
+    dup = sorted({t for t in order if order.count(t) > 1})
+    if dup:
+        raise ValueError(f"task_order repeats {dup}; each task is learned once")
+    missing = [t for t in profile.tasks if t not in order]
+    if missing:
+        raise ValueError(f"task_order lacks {missing}: it must be an ordering of all of {list(profile.tasks)}")
+    return order
+
+
 def get_profile(name: str, **overrides) -> Profile:
     """A named profile, with fields overridden (tuples may be given as lists)."""
     if name not in PROFILES:

@@ -44,12 +44,17 @@ from pathlib import Path
 
 import yaml
 
-from .profiles import PROFILES, get_profile, plan
+from .fsutil import CacheBusy, cache_lock
+from .profiles import PROFILES, check_task_order, get_profile, plan
 from .results import repo_root, results_root
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 MAX_TEXT_OUTPUT = 4000  # characters kept of each text output of the executed notebooks
+
+
+class ReplicateError(ValueError):
+    """A bad request (unknown notebook, bad parameter, busy cache): one line, exit status 2, nothing written."""
 
 
 class NotebookFailed(RuntimeError):
@@ -86,7 +91,7 @@ def select_notebooks(selection: list[str] | None) -> list[Path]:
     """Notebooks by number prefix (``01``), full name (``01_representations``) or file name, in run order."""
     found = available_notebooks()
     if not found:
-        raise SystemExit(f"no notebooks in {notebooks_dir()} (generate them: python notebooks/_make_notebooks.py)")
+        raise ReplicateError(f"no notebooks in {notebooks_dir()}")
     if not selection:
         return found
     out = []
@@ -94,7 +99,7 @@ def select_notebooks(selection: list[str] | None) -> list[Path]:
         s = s.removesuffix(".ipynb")
         hits = [p for p in found if p.stem == s or p.stem.split("_", 1)[0] == s]
         if not hits:
-            raise SystemExit(f"unknown notebook {s!r}; choose from {', '.join(p.stem for p in found)}")
+            raise ReplicateError(f"unknown notebook {s!r}; choose from {', '.join(p.stem for p in found)}")
         out += [p for p in hits if p not in out]
     return sorted(out)
 
@@ -103,18 +108,24 @@ def parse_params(pairs: list[str], yamls: list[str]) -> dict:
     """``key=YAML`` pairs and ``'key: value'`` YAML mappings -> a dict of parameters."""
     params: dict = {}
     for y in yamls:
-        data = yaml.safe_load(y)
+        try:
+            data = yaml.safe_load(y)
+        except yaml.YAMLError as e:
+            raise ReplicateError(f"-y {y!r}: not valid YAML ({e.problem})") from None
         if not isinstance(data, dict):
-            raise SystemExit(f"-y expects a YAML mapping such as 'task_order: [trec, bbc]', got {y!r}")
+            raise ReplicateError(f"-y expects a YAML mapping such as 'task_order: [trec, bbc]', got {y!r}")
         params.update(data)
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"--param expects key=value (value in YAML), got {pair!r}")
-        params[key.strip()] = yaml.safe_load(value)
+            raise ReplicateError(f"--param expects key=value (value in YAML), got {pair!r}")
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ReplicateError(f"--param {key.strip()}: not valid YAML ({e.problem})") from None
     for key in ("profile", "seed"):
         if key in params:
-            raise SystemExit(f"pass {key} with --{key}, not as an extra parameter")
+            raise ReplicateError(f"pass {key} with --{key}, not as an extra parameter")
     return params
 
 
@@ -208,6 +219,14 @@ def run_notebook(path: Path, out_dir: Path, params: dict, kernel: str = "python3
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except (ReplicateError, CacheBusy) as e:
+        print(f"recall replicate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recall.replicate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help=f"profile ({', '.join(PROFILES)}); default cpu")
@@ -230,14 +249,14 @@ def main(argv=None) -> int:
     try:
         profile = get_profile(args.profile)
     except ValueError as e:
-        ap.error(str(e))
+        raise ReplicateError(str(e)) from None
     selected = select_notebooks(args.notebooks)
     claims = [p for p in available_notebooks() if p.stem == CLAIMS_NOTEBOOK]
     if claims and claims[0] not in selected:  # the verdicts always reflect every result there is
         selected.append(claims[0])
     stale = [why for p in selected if (why := out_of_sync(p))]
     if stale:
-        ap.error("; ".join(stale) + " (run `jupytext --sync notebooks/0*.py`)")
+        raise ReplicateError("; ".join(stale) + " (run `jupytext --sync notebooks/0*.py`)")
     extra = parse_params(args.param, args.yaml)
     declared = {p.stem: declared_parameters(p) for p in selected}
     if args.list:
@@ -246,7 +265,12 @@ def main(argv=None) -> int:
         return 0
     unused = sorted(k for k in extra if not any(k in d for d in declared.values()))
     if unused:
-        ap.error(f"no selected notebook declares parameter(s) {', '.join(unused)}")
+        raise ReplicateError(f"no selected notebook declares parameter(s) {', '.join(unused)}")
+    if "task_order" in extra:
+        try:
+            extra["task_order"] = list(check_task_order(profile, extra["task_order"]))
+        except ValueError as e:
+            raise ReplicateError(str(e)) from None
     jobs = plan_jobs(profile, selected, declared, extra, None if args.seed is None else [args.seed])
 
     root = results_root(args.results_root).resolve()
@@ -261,7 +285,11 @@ def main(argv=None) -> int:
     print(f"recall replicate: profile {profile.name} ({profile.notes}), {len(jobs)} notebook run(s)")
     print(plan(profile).report())
     print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
-    out_dir = root / profile.name / "notebooks"
+    with cache_lock():  # one replicate run per experiment cache; a second one exits with a clear message
+        return _run_jobs(jobs, root / profile.name / "notebooks", args)
+
+
+def _run_jobs(jobs, out_dir: Path, args) -> int:
     times = []
     t_all = time.time()
     for path, params in jobs:
@@ -275,7 +303,7 @@ def main(argv=None) -> int:
             print(f"\nERROR: {e}", file=sys.stderr, flush=True)
             _print_times(times, time.time() - t_all)
             return 1
-        times.append((output_name(path.stem, params, profile), time.time() - t0))
+        times.append((output_name(path.stem, params, get_profile(params["profile"])), time.time() - t0))
         print(f"   done in {times[-1][1]:.1f} s -> {out}", flush=True)
     _print_times(times, time.time() - t_all)
     return 0

@@ -92,9 +92,8 @@ class Results:
 
     def __init__(self, profile: str, notebook: str, subdir: str | None = None, root: str | Path | None = None):
         self.profile_dir = results_root(root) / profile
-        self.dir = self.profile_dir / subdir if subdir else self.profile_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.notebook = notebook
+        self.dir = self.profile_dir / subdir if subdir else self.profile_dir  # made by the first write: a run that
+        self.notebook = notebook  # fails before writing leaves no empty folder
         self.t0 = time.time()
         self.files: list[str] = []
 

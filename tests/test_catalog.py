@@ -9,13 +9,11 @@ from recall.merge.registry import METHODS, load_all
 
 
 def test_registry_finds_every_method_module():
+    import importlib
+    import inspect
     import pkgutil
 
     from recall import merge
-
-    import importlib
-    import inspect
-
     from recall.merge.base import MergeMethod
 
     load_all()

@@ -211,12 +211,12 @@ def test_out_of_sync_notebook_is_refused(tmp_path, monkeypatch):
 def test_replicate_arguments_and_jobs():
     assert [p.stem for p in replicate.select_notebooks(["04", "01"])] == ["01_representations", "04_sequential"]
     assert replicate.select_notebooks(["03_multi_model"])[0].stem == "03_multi_model"
-    with pytest.raises(SystemExit):
+    with pytest.raises(replicate.ReplicateError):
         replicate.select_notebooks(["99"])
     assert replicate.parse_params(["task_order=[a, b]"], []) == {"task_order": ["a", "b"]}
     assert replicate.parse_params([], ["task_order: [a, b]\nn_samples: 8"]) == {"task_order": ["a", "b"],
                                                                                 "n_samples": 8}
-    with pytest.raises(SystemExit):
+    with pytest.raises(replicate.ReplicateError):
         replicate.parse_params(["profile=cpu"], [])
     assert replicate.output_name("04_sequential", {"task_order": ["a", "b"]}) == "04_sequential-order-a-b"
     assert replicate.output_name("04_sequential", {"task_order": None, "seed": 0}) == "04_sequential"
@@ -231,9 +231,8 @@ def test_replicate_arguments_and_jobs():
 
 
 def test_replicate_rejects_unknown_parameter(tmp_path):
-    with pytest.raises(SystemExit):
-        replicate.main(["--profile", "smoke", "--notebooks", "01", "--param", "task_order=[a]",
-                        "--results-root", str(tmp_path)])
+    assert replicate.main(["--profile", "smoke", "--notebooks", "01", "--param", "task_order=[a]",
+                           "--results-root", str(tmp_path)]) == 2
 
 
 def test_plots_return_figures_without_pyplot():
