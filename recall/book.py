@@ -18,7 +18,7 @@ Directives (``results-*`` read ``<results root>/<profile>/``):
 - ``results-run NOTEBOOK[/SUBDIR]``: the run's provenance (commit, device, wall time, parameters).
 - ``results-each PREFIX``: its content once per subfolder starting with PREFIX (``{subdir}``, ``{label}``
   substituted), e.g. one section per extra task order.
-- ``claim-rule CLAIM``: the rule of a claim, from ``recall.claims``.
+- ``claim-rule CLAIM``: the rule of a claim, from ``recall.claims`` (``all``: how every verdict is decided).
 - ``profiles-table``, ``ablations-table``: the profiles and the ablation variants, from the code.
 
 The profile and the results root come from ``$RECALL_BOOK_PROFILE`` (default ``cpu``) and
@@ -82,7 +82,9 @@ def provenance_lines(entry: dict, profile: str) -> list[str]:
             f"- git commit: `{entry.get('git_commit', 'unknown')}`",
             f"- device: {entry.get('device', 'unknown')}",
             f"- wall time of the notebook: {wall_s}; finished {entry.get('finished', '?')}",
-            f"- parameters: {params or 'defaults'}"]
+            f"- parameters: {params or 'defaults'}"] + (
+        [f"- derived tables recomputed from the measured ones at commit `{entry['derived']['git_commit']}` "
+         f"({entry['derived']['finished']}; `python -m recall.results`)"] if entry.get("derived") else [])
 
 
 # ------------------------------------------------------------------------------------ Sphinx directives
@@ -111,7 +113,7 @@ def setup(app):
     class ResultsTable(_Markdown):
         required_arguments = 1
         option_spec = {"subdir": directives.unchanged, "query": directives.unchanged,
-                       "caption": directives.unchanged, "scale": float, "digits": int}
+                       "caption": directives.unchanged, "scale": float, "digits": int, "show": directives.unchanged}
 
         def run(self):
             from . import tables
@@ -126,6 +128,8 @@ def setup(app):
                 return self.render(f"{head}_{NOT_RUN}_ (`{name}.csv`)")
             spec = tables.spec_of(name)
             kw = {k: self.options[k] for k in ("query", "scale", "digits") if k in self.options}
+            if "show" in self.options:
+                kw["show"] = tuple(c.strip() for c in self.options["show"].split(","))
             df = tables.view(name, tables.read(path, name), **kw)
             kind = tables.VIEWS.get(spec.name, tables.View(kind="plain")).kind
             shown = md_table(df, index=kind not in ("plain", "rows"))
@@ -185,9 +189,12 @@ def setup(app):
         required_arguments = 1
 
         def run(self):
+            from . import claims
             from .claims import CLAIMS, rule_text
 
             c = self.arguments[0]
+            if c == "all":  # how comparisons and claims are decided: the module's docstring
+                return self.render(claims.__doc__.split("\n\n", 1)[1])
             return self.render(f"{CLAIMS[c]}\n\nRule: {rule_text(c)}")
 
     class ProfilesTable(_Markdown):

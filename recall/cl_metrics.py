@@ -12,9 +12,10 @@ With 0-based indices (the notes write the same formulas 1-based):
   number of tasks that can be forgotten (some code divides by T; we do not).
 - FWT (forward transfer) = 1/(T-1) sum_{i>=1} (R[i-1, i] - b_i), b_i = the base model's score on
   task i. Denominator T-1.
-- Forgetting = 1/(T-1) sum_{i<T-1} (max_{l<T-1} R[l, i] - R[T-1, i]). Denominator T-1. The max runs
-  over every step before the last (also steps l < i, before task i was trained); entries that were
-  not evaluated (NaN) are skipped by the max, so a lower-triangle-only R works too.
+- Forgetting (Chaudhry et al., 2018) = 1/(T-1) sum_{i<T-1} (max_{i<=l<T-1} R[l, i] - R[T-1, i]).
+  Denominator T-1. The max runs over the steps from the one that trained task i to the one before
+  the last: a score a task had before it was learned is not knowledge that can be forgotten.
+  Entries that were not evaluated (NaN) are skipped by the max.
 
 For T = 1 BWT, FWT and forgetting are NaN (quietly, no warning). NaN entries elsewhere propagate.
 
@@ -54,6 +55,7 @@ __all__ = [
     "r_matrices",
     "cl_metrics_ci",
     "cl_difference_ci",
+    "pooled_cl_difference_ci",
 ]
 
 METRICS = ("AP", "BWT", "FWT", "forgetting")
@@ -137,7 +139,8 @@ def _cl_core(R: np.ndarray, b: np.ndarray | None) -> dict[str, np.ndarray]:
     else:
         sup = np.diagonal(R, offset=1, axis1=-2, axis2=-1)  # R[i-1, i] for i = 1..T-1
         out["FWT"] = (sup - b[..., 1:]).sum(-1) / (T - 1)
-    best = np.fmax.reduce(R[..., : T - 1, : T - 1], axis=-2)  # max over steps l < T-1, NaN skipped
+    learned = np.tril(np.ones((T - 1, T - 1), dtype=bool))  # [l, i] with l >= i: step l is at or after task i
+    best = np.fmax.reduce(np.where(learned, R[..., : T - 1, : T - 1], np.nan), axis=-2)  # i <= l < T-1, NaN skipped
     out["forgetting"] = (best - last[..., : T - 1]).sum(-1) / (T - 1)
     return out
 
@@ -169,9 +172,10 @@ def forward_transfer(R, base_scores) -> float:
 
 
 def forgetting(R) -> float:
-    """Forgetting = 1/(T-1) sum_{i<T-1} (max_{l<T-1} R[l, i] - R[T-1, i]); denominator T-1. NaN for T = 1.
+    """Forgetting = 1/(T-1) sum_{i<T-1} (max_{i<=l<T-1} R[l, i] - R[T-1, i]); denominator T-1. NaN for T = 1.
 
-    The max skips NaN (not evaluated) entries; it always includes the diagonal R[i, i].
+    The max runs from the step that learned task i (the diagonal R[i, i]) to the step before the last,
+    skipping NaN (not evaluated) entries (Chaudhry et al., 2018).
     """
     arr, _ = _as_R(R)
     return float(_cl_core(arr, None)["forgetting"])
@@ -402,14 +406,27 @@ def method_table_ci(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: 
     return pd.DataFrame(rows, columns=["method", "task", "estimate", "low", "high", "n"])
 
 
+DIFF_TESTS = ("p_greater", "p_less", "p_equiv", "n_a", "n_b", "p_exact_greater", "p_exact_less")
+LEAVE_OUT = "mean without "  # task label prefix of the leave-one-task-out rows
+
+
 def paired_difference_ci(df: pd.DataFrame, method_a, method_b, n_boot: int = 1000, seed: int = 0,
-                         alpha: float = 0.05, mean_label: str = "mean") -> pd.DataFrame:
+                         alpha: float = 0.05, mean_label: str = "mean", margin: float | None = None) -> pd.DataFrame:
     """Accuracy of ``method_a`` minus ``method_b`` per task, paired over test examples, plus the task mean.
 
     ``df`` as for :func:`method_table_ci`. Only the tasks both methods have are used (the mean row
     averages those). Returns columns ``task, estimate, low, high, n``; an interval excluding 0 means
     the difference is significant at level ``alpha`` (two-sided, percentile bootstrap).
+
+    With an equivalence ``margin`` the table also holds the tests of the verdicts (``recall.stats``):
+    bootstrap one-sided p-values ``p_greater`` / ``p_less`` and the TOST ``p_equiv`` within +-margin, the
+    discordant counts ``n_a`` (only a right) / ``n_b`` (only b right) and the exact McNemar one-sided
+    p-values (NaN where scores are not 0/1; on the mean rows the discordant examples of the tasks pooled),
+    and one row per task left out of the mean (task ``"mean without <task>"``, the leave-one-task-out
+    sensitivity of the task mean).
     """
+    from .stats import bootstrap_pvalues, mcnemar
+
     _check_boot_args(n_boot, seed, alpha)
     df = _check_long(df, ["method", "task"])
     present = set(pd.unique(df["method"]))
@@ -425,18 +442,44 @@ def paired_difference_ci(df: pd.DataFrame, method_a, method_b, n_boot: int = 100
     if mean_label in common:
         raise ValueError(f"a task is named {mean_label!r}, the label of the mean row; pass another mean_label")
     mats = _task_matrices(sub[sub["task"].isin(common)], ["method"])
-    rows, boots, points = [], [], []
+    rows, boots, points, pairs = [], [], [], []
     for task in common:
         keys, mat, _ = mats[task]
-        diff = mat[:, keys.index((method_a,))] - mat[:, keys.index((method_b,))]  # exactly 0 when a == b
+        a, b = mat[:, keys.index((method_a,))], mat[:, keys.index((method_b,))]
+        diff = a - b  # exactly 0 when a == b
         point, boot = _boot_means(diff[:, None], task, n_boot, seed)
         lo, hi = _interval(boot, alpha)
         rows.append((task, float(point[0]), float(lo[0]), float(hi[0]), mat.shape[0]))
         points.append(point[0])
         boots.append(boot[:, 0])
+        pairs.append((a, b))
     lo, hi = _interval(np.mean(boots, axis=0)[:, None], alpha)
     rows.append((mean_label, float(np.mean(points)), float(lo[0]), float(hi[0]), sum(r[4] for r in rows)))
-    return pd.DataFrame(rows, columns=["task", "estimate", "low", "high", "n"])
+    out = pd.DataFrame(rows, columns=["task", "estimate", "low", "high", "n"])
+    if margin is None:
+        return out
+
+    def tests(idx: list[int]) -> dict:
+        bt = np.mean([boots[i] for i in idx], axis=0)
+        p = {k: float(v) for k, v in bootstrap_pvalues(bt, margin).items()}
+        exact = mcnemar(np.concatenate([pairs[i][0] for i in idx]), np.concatenate([pairs[i][1] for i in idx]))
+        return {**p, "n_a": exact["n_a"], "n_b": exact["n_b"], "p_exact_greater": exact["p_greater"],
+                "p_exact_less": exact["p_less"]}
+
+    all_idx = list(range(len(common)))
+    extra = [tests([i]) for i in all_idx] + [tests(all_idx)]
+    out = pd.concat([out, pd.DataFrame(extra, columns=list(DIFF_TESTS))], axis=1)
+    if len(common) > 1:
+        loto = []
+        for j, task in enumerate(common):
+            keep = [i for i in all_idx if i != j]
+            bt = np.mean([boots[i] for i in keep], axis=0)
+            lo, hi = _interval(bt[:, None], alpha)
+            loto.append({"task": LEAVE_OUT + str(task), "estimate": float(np.mean([points[i] for i in keep])),
+                         "low": float(lo[0]), "high": float(hi[0]), "n": sum(rows[i][4] for i in keep),
+                         **tests(keep)})
+        out = pd.concat([out, pd.DataFrame(loto, columns=list(out.columns))], ignore_index=True)
+    return out
 
 
 def _sequence(df: pd.DataFrame, task_order, step_order) -> tuple[list, list]:
@@ -588,19 +631,51 @@ def cl_metrics_ci(df: pd.DataFrame, base_df: pd.DataFrame | None = None, n_boot:
 
 def cl_difference_ci(df: pd.DataFrame, base_df: pd.DataFrame | None, method_a, method_b, n_boot: int = 1000,
                      seed: int = 0, alpha: float = 0.05, task_order: Sequence | None = None,
-                     step_order: Sequence | None = None) -> pd.DataFrame:
+                     step_order: Sequence | None = None, margin: float | None = None) -> pd.DataFrame:
     """Each CL metric of ``method_a`` minus ``method_b``, paired: both metrics are computed on the same
     resampled test examples in every replicate (inputs as for :func:`cl_metrics_ci`). Returns columns
-    ``metric, estimate, low, high`` (for forgetting, negative means ``method_a`` forgets less)."""
+    ``metric, estimate, low, high`` (for forgetting, negative means ``method_a`` forgets less); with an
+    equivalence ``margin`` also the bootstrap p-values ``p_greater, p_less, p_equiv`` (``recall.stats``)."""
+    return pooled_cl_difference_ci([(df, base_df, task_order, step_order)], method_a, method_b, n_boot=n_boot,
+                                   seed=seed, alpha=alpha, margin=margin, n_chains_column=False)
+
+
+def pooled_cl_difference_ci(chains: Sequence[tuple], method_a, method_b, n_boot: int = 1000, seed: int = 0,
+                            alpha: float = 0.05, margin: float | None = None,
+                            n_chains_column: bool = True) -> pd.DataFrame:
+    """:func:`cl_difference_ci` pooled over several chains (task orders, seeds): the estimate is the mean over
+    chains of each chain's difference, and the bootstrap is nested: every replicate resamples the chains (with
+    replacement) and, inside each, the test examples (the chain's own paired replicate). ``chains``: tuples
+    ``(df, base_df, task_order[, step_order])``. One chain gives exactly :func:`cl_difference_ci`."""
+    from .stats import bootstrap_pvalues
+
     _check_boot_args(n_boot, seed, alpha)
-    methods, names, est, bst = _cl_bootstrap(df, base_df, n_boot, seed, task_order, step_order)
-    for m in (method_a, method_b):
-        if m not in methods:
-            raise ValueError(f"method {m!r} not in df; methods are {methods}")
-    a, b = methods.index(method_a), methods.index(method_b)
+    if not chains:
+        raise ValueError("no chains to pool")
+    points, boots, names = [], [], None
+    for chain in chains:
+        df, base_df, order = chain[:3]
+        methods, nm, est, bst = _cl_bootstrap(df, base_df, n_boot, seed, order, chain[3] if len(chain) > 3 else None)
+        for m in (method_a, method_b):
+            if m not in methods:
+                raise ValueError(f"method {m!r} not in a chain; its methods are {methods}")
+        a, b = methods.index(method_a), methods.index(method_b)
+        names = [n for n in nm if names is None or n in names]
+        points.append({n: est[n][a] - est[n][b] for n in nm})
+        boots.append({n: bst[n][:, a] - bst[n][:, b] for n in nm})
+    C = len(chains)
+    pick = (np.random.default_rng([int(seed), 7919]).integers(0, C, size=(n_boot, C)) if C > 1
+            else np.zeros((n_boot, 1), dtype=int))
     rows = []
     for name in names:
-        d = bst[name][:, a] - bst[name][:, b]
+        chain_boot = np.stack([bt[name] for bt in boots], axis=1)  # (n_boot, C)
+        d = chain_boot[np.arange(n_boot)[:, None], pick].mean(axis=1) if C > 1 else chain_boot[:, 0]
         lo, hi = _interval(d[:, None], alpha)
-        rows.append((name, float(est[name][a] - est[name][b]), float(lo[0]), float(hi[0])))
-    return pd.DataFrame(rows, columns=["metric", "estimate", "low", "high"])
+        row = {"metric": name, "estimate": float(np.mean([pt[name] for pt in points])), "low": float(lo[0]),
+               "high": float(hi[0])}
+        if margin is not None:
+            row.update({k: float(v) for k, v in bootstrap_pvalues(d, margin).items()})
+        if n_chains_column:
+            row["n_chains"] = C
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -153,7 +153,7 @@ class Run:
         """Fine-tune ``start`` on ``tasks`` (one task, or several = multi-task on their union), cached."""
         from .training import train_and_save
 
-        cfg = self.profile.train_config(self.seed, **overrides)
+        cfg = self.profile.train_config(overrides.pop("seed", self.seed), **overrides)
         samples = [s for t in tasks for s in self.train_samples(t)]  # multi-task: finetune shuffles (seeded)
         key = _key([self.ref(start), tasks, cfg.to_dict(), code_fingerprint(*TRAIN_CODE)])
         out = self.root / "models" / f"{name}-{key}"
@@ -162,8 +162,11 @@ class Run:
         self._timed("training", t0)
         return path
 
-    def expert(self, task: str) -> Path:
-        return self.train(self.base, (task,), f"expert-{task}")
+    def expert(self, task: str, seed: int | None = None) -> Path:
+        """The LoRA expert of ``task``; ``seed`` other than the run's: a second expert of the same task (C1's null)."""
+        if seed is None or seed == self.seed:
+            return self.train(self.base, (task,), f"expert-{task}")
+        return self.train(self.base, (task,), f"expert-{task}-seed{seed}", seed=seed)
 
     def multitask(self) -> Path:
         return self.train(self.base, tuple(self.profile.tasks), "multitask")
@@ -390,12 +393,15 @@ def merge_weights(path: Path) -> pd.DataFrame:
 
 
 def representation_analysis(run: Run, n_samples: int = 32) -> dict[str, pd.DataFrame]:
-    """Within-model adjacent-layer similarity and per-layer similarity between task experts.
+    """Within-model adjacent-layer similarity and per-layer similarity between task experts (claim C1).
 
     Samples: ``n_samples`` test texts spread evenly over the training tasks (``tables.probes_per_task``;
-    prompts formatted as in evaluation). Returns the tables ``adjacent`` (model, layer, measure,
-    similarity), ``pairwise`` (layer, model_a, model_b, measure, similarity) and ``to_base`` (layer,
-    model, measure, similarity).
+    prompts formatted as in evaluation). Besides the experts, a second expert of the first task trained with
+    another seed (``expert-<task>-seed<n>``) gives the null: how far two experts of one task drift apart by the
+    seed alone. Returns the tables ``adjacent`` (model, layer, measure, similarity), ``pairwise`` (layer,
+    model_a, model_b, measure, similarity; the experts and the null expert), ``to_base`` (layer, model,
+    measure, similarity) and ``c1_replicates`` (the C1 statistics of ``recall.tables.c1_statistics`` in
+    ``n_boot`` replicates that resample the probe samples and the experts, for the intervals of C1).
     """
     from .assets import load_model
     from .representations import layer_representations
@@ -409,28 +415,57 @@ def representation_analysis(run: Run, n_samples: int = 32) -> dict[str, pd.DataF
     for t in p.tasks:
         ds = run.data(t)["test"]
         texts += [get_task(t).prompt(x, run.tokenizer, p.max_text_tokens) for x in ds["text"][:per]]
-    names = ["base"] + [f"expert-{t}" for t in p.tasks]
-    paths = [run.base] + [run.expert(t) for t in p.tasks]
+    null_name = f"expert-{p.tasks[0]}-seed{run.seed + 1}"
+    names = ["base"] + [f"expert-{t}" for t in p.tasks] + [null_name]
+    paths = [run.base] + [run.expert(t) for t in p.tasks] + [run.expert(p.tasks[0], seed=run.seed + 1)]
     reps = []
     for n, path in zip(names, paths):
         mdl, tok = load_model(path, device=p.device)
         reps.append(layer_representations(mdl, tok, texts, batch_size=p.eval_batch_size, progress=run.progress,
-                                          desc=f"representations {n}"))
+                                          desc=f"representations {n}").numpy())
     measures = ("rbf", "cka_linear")
     adjacent = [{"model": n, "layer": i + 1, "measure": measure, "similarity": float(v)}
-                for n, r in zip(names, reps) for measure in measures
+                for n, r in zip(names[:-1], reps[:-1]) for measure in measures
                 for i, v in enumerate(adjacent_layer_similarity(r, measure))]
     pairwise, to_base = [], []
     for measure in measures:
-        sm = similarity_matrix(reps[1:], measure)  # experts only
+        sm = similarity_matrix(reps[1:], measure)  # the experts and the null expert
         pairwise += [{"layer": layer, "model_a": names[1 + a], "model_b": names[1 + b], "measure": measure,
                       "similarity": float(sm[layer, a, b])}
                      for layer in range(sm.shape[0]) for a in range(sm.shape[1]) for b in range(sm.shape[2])]
     for measure in measures:
-        sm = similarity_matrix(reps, measure)
+        sm = similarity_matrix(reps[:-1], measure)
         to_base += [{"layer": layer, "model": names[j], "measure": measure, "similarity": float(sm[layer, 0, j])}
-                    for layer in range(sm.shape[0]) for j in range(1, len(names))]
-    return {"adjacent": pd.DataFrame(adjacent), "pairwise": pd.DataFrame(pairwise), "to_base": pd.DataFrame(to_base)}
+                    for layer in range(sm.shape[0]) for j in range(1, len(names) - 1)]
+    replicates = c1_replicates(reps[1:-1], (reps[1], reps[-1]), measures, p.n_boot, run.seed)
+    return {"adjacent": pd.DataFrame(adjacent), "pairwise": pd.DataFrame(pairwise), "to_base": pd.DataFrame(to_base),
+            "c1_replicates": replicates}
+
+
+def c1_replicates(experts: list, null_pair: tuple, measures, n_boot: int, seed: int) -> pd.DataFrame:
+    """The ``c1_replicates`` table: ``recall.tables.c1_statistics`` in ``n_boot`` replicates, each resampling
+    the probe samples (with replacement, the same draw for every model) and the experts (with replacement; the
+    cross-task curve averages the pairs of distinct drawn experts). ``experts``: (L+1, N, H) arrays, one per
+    task; ``null_pair``: the two same-task experts."""
+    from .similarity import layer_similarity
+    from .tables import c1_statistics
+
+    rng = np.random.default_rng([int(seed), 1])
+    n, m = experts[0].shape[1], len(experts)
+    rows = []
+    for r in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        drawn = sorted(set(rng.integers(0, m, size=m).tolist()))
+        while len(drawn) < 2:  # one expert drawn m times has no pair: draw again
+            drawn = sorted(set(rng.integers(0, m, size=m).tolist()))
+        sub = {i: experts[i][:, idx] for i in drawn}
+        a, b = null_pair[0][:, idx], null_pair[1][:, idx]
+        for measure in measures:
+            cross = np.mean([layer_similarity(sub[i], sub[j], measure) for i in drawn for j in drawn if i < j], axis=0)
+            null = layer_similarity(a, b, measure)
+            rows += [{"replicate": r, "measure": measure, "statistic": k, "value": v}
+                     for k, v in c1_statistics(cross, null).items()]
+    return pd.DataFrame(rows)
 
 
 def efficiency(run: Run, n_models_list=(2, 3, 5), engines=("streaming", "memory")) -> pd.DataFrame:

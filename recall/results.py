@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,3 +151,57 @@ def read_provenance(profile_dir: str | Path) -> dict:
     """``provenance.json``'s notebook entries (key: notebook, or notebook/subdir), or {} when absent."""
     path = Path(profile_dir) / "provenance.json"
     return json.loads(path.read_text()).get("notebooks", {}) if path.exists() else {}
+
+
+def rederive(profile_dir: str | Path, notebooks=None) -> dict[str, list[str]]:
+    """Recompute the derived tables of every notebook run recorded in ``<profile_dir>/provenance.json`` from the
+    measured tables it wrote (``recall.tables.derive``, with the run's own parameters), write them, and record
+    the commit and time in the run's entry under ``derived``; the run's measurements stay as they were. Claims
+    (``07_claims``) come last. Returns notebook -> tables written."""
+    from .tables import DERIVATIONS, Params, derive, to_csv
+
+    profile_dir = Path(profile_dir)
+    path = profile_dir / "provenance.json"
+    data = json.loads(path.read_text())
+    entries = data.get("notebooks", {})
+    keys = sorted((k for k in entries if k.split("/")[0] in DERIVATIONS and (not notebooks or k.split("/")[0] in
+                                                                             notebooks)),
+                  key=lambda k: (k.startswith("07_claims"), k))
+    written = {}
+    for key in keys:
+        nb, _, sub = key.partition("/")
+        folder = profile_dir / sub if sub else profile_dir
+        out = derive(nb, folder, Params.from_provenance(entries[key]))
+        for name, df in out.items():
+            atomic_write_text(folder / f"{name}.csv", to_csv(name, df))
+        entries[key]["derived"] = {"git_commit": git_commit(), "finished": datetime.now(UTC).isoformat(
+            timespec="seconds"), "tables": sorted(out)}
+        entries[key]["files"] = sorted(set(entries[key].get("files", [])) | {
+            str((folder / f"{n}.csv").relative_to(profile_dir)) for n in out})
+        written[key] = sorted(out)
+    atomic_write_json(path, data)
+    return written
+
+
+def main(argv=None) -> int:
+    """``python -m recall.results --profile cpu``: :func:`rederive` the tables of ``results/<profile>/``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m recall.results", description="Recompute the derived tables of a "
+                                 "profile's results from its measured tables (after a change of recall.tables, "
+                                 "recall.cl_metrics or recall.claims), without rerunning any experiment.")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--results-root", type=Path)
+    ap.add_argument("--notebooks", nargs="+", help="only these notebooks (full names)")
+    args = ap.parse_args(argv)
+    folder = results_root(args.results_root) / args.profile
+    if not (folder / "provenance.json").is_file():
+        print(f"recall results: error: {folder}/provenance.json not found; run the notebooks first", file=sys.stderr)
+        return 2
+    for key, names in rederive(folder, args.notebooks).items():
+        print(f"{key}: {', '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

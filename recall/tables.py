@@ -31,10 +31,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cl_metrics import bootstrap_ci, cl_difference_ci, cl_metrics_ci, method_table_ci, paired_difference_ci, r_matrices
+from .cl_metrics import (
+    DIFF_TESTS,
+    bootstrap_ci,
+    cl_difference_ci,
+    cl_metrics_ci,
+    method_table_ci,
+    paired_difference_ci,
+    pooled_cl_difference_ci,
+    r_matrices,
+)
 
 MEAN = "mean"  # the task label of the task-mean row
 CI = ("estimate", "low", "high")
+# The equivalence margin of every difference (accuracy or CL metric, as a fraction): fixed here before any run,
+# never tuned. Two methods whose difference lies within +-2 points by the two one-sided tests are "equivalent".
+EQUIVALENCE_MARGIN = 0.02
+BOOT_TESTS = ("p_greater", "p_less", "p_equiv")
 FLOAT_FORMAT = "%.6g"
 
 
@@ -54,7 +67,7 @@ class Spec:
 _N1, _N2, _N3, _N4, _N5, _N6 = ("01_representations", "02_single_model", "03_multi_model", "04_sequential",
                                 "05_ablations", "06_efficiency")
 _ACC = ("method", "task", *CI, "n")
-_DIFF = ("task", *CI, "n")
+_DIFF = ("task", *CI, "n", *DIFF_TESTS)
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     # 01 representations
@@ -64,11 +77,13 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "similarity between every pair of task experts per layer (hidden-state index, 0 = embeddings)"),
     Spec("to_base", _N1, "measured", ("layer", "model", "measure", "similarity"),
          "similarity of each expert to the base model per layer"),
+    Spec("c1_replicates", _N1, "measured", ("replicate", "measure", "statistic", "value"),
+         "C1's statistics (recall.tables.c1_statistics) in bootstrap replicates over probe samples and experts"),
     Spec("interexpert_curve", _N1, "derived", ("measure", "layer", "similarity", "low", "high", "n_pairs"),
          "mean similarity between distinct experts per layer; intervals resample expert pairs"),
     Spec("c1_summary", _N1, "derived", ("measure", "statistic", *CI, "blocks", "third", "first_layers",
                                         "last_layers", "n_pairs", "n_samples"),
-         "claim C1 statistics over blocks 1..L: Spearman(depth, similarity), first/last third means"),
+         "claim C1 statistics over blocks 1..L (recall.tables.c1_statistics) with intervals from c1_replicates"),
     # 02 single-model merging
     Spec("single_examples", _N2, "measured", ("method", "expert_task", "task", "example", "label", "pred",
                                               "correct"),
@@ -76,7 +91,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("single_accuracy", _N2, "derived", (*_ACC, "scope"),
          "accuracy per method on the expert's own task and (averaged over the merges of all experts) unseen tasks"),
     Spec("single_diff", _N2, "derived", (*_DIFF, "scope", "other"),
-         "paired difference RECALL minus each other method, per task and task mean"),
+         "paired difference RECALL minus each other method, per task, task mean and leave-one-task-out means, with "
+         "the tests of the verdicts (bootstrap p-values, TOST within the margin, exact McNemar)"),
     # 03 multi-model merging
     Spec("multi_examples", _N3, "measured", ("method", "task", "example", "label", "pred", "correct"),
          "per-example predictions of every multi-model merge and reference on every task"),
@@ -87,7 +103,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("multi_normalized", _N3, "derived", ("method", "task", *CI),
          "merged accuracy / the expert's accuracy on that task, and its task mean"),
     Spec("multi_diff", _N3, "derived", (*_DIFF, "scope", "other"),
-         "paired difference RECALL minus each other method, per task and task mean"),
+         "paired difference RECALL minus each other method, per task, task mean and leave-one-task-out means, with "
+         "the tests of the verdicts"),
     # 04 sequential fine-tuning
     Spec("seq_examples", _N4, "measured", ("method", "step", "task", "example", "label", "pred", "correct"),
          "per-example predictions after every step of every chain"),
@@ -96,22 +113,27 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("seq_metrics", _N4, "derived", ("method", "metric", *CI), "AP, BWT, FWT, forgetting, AP_unseen per method"),
     Spec("R_{method}", _N4, "derived", None, "accuracy after each step (rows) on each task (columns)", index="step"),
     Spec("base_scores", _N4, "derived", ("task", "accuracy"), "the base model's accuracy per task"),
-    Spec("seq_diff", _N4, "derived", ("other", "metric", *CI), "paired difference RECALL minus each method per metric"),
+    Spec("seq_diff", _N4, "derived", ("other", "metric", *CI, *BOOT_TESTS),
+         "paired difference RECALL minus each method per metric, with bootstrap p-values and TOST"),
     # 05 ablations
     Spec("ablation_examples", _N5, "measured", ("variant", "task", "example", "label", "pred", "correct"),
          "per-example predictions of every RECALL variant (multi-model scenario, training tasks)"),
     Spec("ablation_accuracy", _N5, "derived", ("variant", "task", *CI, "n", "options"),
          "accuracy per variant and its options (a diff over RECALL's defaults)"),
     Spec("ablation_diff", _N5, "derived", (*_DIFF, "variant", "difference"),
-         "paired difference variant minus default, per task and task mean"),
+         "paired difference variant minus default, per task, task mean and leave-one-task-out means, with tests"),
     # 06 efficiency
     Spec("efficiency", _N6, "measured", ("models", "engine", "model_mib", "wall_s", "peak_rss_mib", "cpu_s"),
          "wall time and peak RSS of the layer-wise merge (whole process) by number of models and engine"),
     # 07 claims
-    Spec("claims", "07_claims", "derived", ("claim", "statement", "verdict", "evidence", "paper"),
+    Spec("seq_diff_pooled", "07_claims", "derived", ("other", "metric", *CI, *BOOT_TESTS, "n_chains"),
+         "RECALL minus each sequential baseline per metric, pooled over every chain (task orders, seeds) with a "
+         "nested bootstrap: chains resampled, test examples inside each"),
+    Spec("claims", "07_claims", "derived", ("claim", "statement", "verdict", "evidence", "drivers", "paper"),
          "one row per claim of the paper: its verdict under recall.claims' rules and the evidence"),
     Spec("claim_comparisons", "07_claims", "derived", ("claim", "source", "comparison", "scope", "metric", "better",
-                                                       *CI, "verdict", "in_verdict"),
+                                                       *CI, "p_support", "p_refute", "p_equiv", "verdict",
+                                                       "in_verdict", "leave_one_task_out"),
          "every comparison a verdict rests on (or shown beside it), with its interval"),
     Spec("merge_speed", "benchmarks/merge_speed.py", "measured", None,
          "our merges against mergekit, whole processes (written by the benchmark, read by 06)"),
@@ -196,9 +218,19 @@ def probes_per_task(n_samples: int, n_tasks: int) -> int:
 # --------------------------------------------------------------------------------------- derivations
 
 
+NULL_MARK = "-seed"  # the same-task expert of another seed in the representation tables: C1's null
+
+
+def _cross_task(pairwise: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``pairwise`` between task experts (the null expert left out)."""
+    keep = ~pairwise["model_a"].str.contains(NULL_MARK) & ~pairwise["model_b"].str.contains(NULL_MARK)
+    return pairwise[keep]
+
+
 def _pair_bootstrap(pairwise: pd.DataFrame, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(wide table of the unordered expert pairs, bootstrap replicates of its column means, number of pairs)."""
-    off = pairwise[pairwise["model_a"] < pairwise["model_b"]]
+    off = _cross_task(pairwise)
+    off = off[off["model_a"] < off["model_b"]]
     wide = off.pivot_table(index=["model_a", "model_b"], columns=["measure", "layer"], values="similarity")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(wide), size=(n_boot, len(wide)))
@@ -207,9 +239,18 @@ def _pair_bootstrap(pairwise: pd.DataFrame, n_boot: int, seed: int) -> tuple[pd.
 
 
 def mean_offdiag(pairwise: pd.DataFrame) -> pd.DataFrame:
-    """Mean similarity between distinct experts per layer and measure (the 'shallow agree, deep diverge' curve)."""
-    off = pairwise[pairwise["model_a"] != pairwise["model_b"]]
+    """Mean similarity between distinct task experts per layer and measure (the 'shallow agree, deep diverge'
+    curve); the same-task null expert is left out."""
+    off = _cross_task(pairwise)
+    off = off[off["model_a"] != off["model_b"]]
     return off.groupby(["measure", "layer"], as_index=False)["similarity"].mean()
+
+
+def null_curve(pairwise: pd.DataFrame) -> pd.DataFrame:
+    """Similarity per layer and measure between the two experts of one task (two seeds): C1's null."""
+    null = pairwise[pairwise["model_b"].str.contains(NULL_MARK) & ~pairwise["model_a"].str.contains(NULL_MARK)]
+    task = null["model_b"].str.split(NULL_MARK).str[0]
+    return null[null["model_a"] == task].groupby(["measure", "layer"], as_index=False)["similarity"].mean()
 
 
 def interexpert_curve(pairwise: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
@@ -230,35 +271,57 @@ def spearman_depth(curve: pd.DataFrame) -> float:
     return float(spearmanr(curve["layer"], curve["similarity"]).statistic)
 
 
-def _c1_stats(c: pd.DataFrame) -> tuple[dict, int, int]:
-    c = c[c["layer"] >= 1].sort_values("layer")
+C1_STATISTICS = ("spearman_depth", "first_third_mean", "last_third_mean", "first_minus_last", "depth_ratio",
+                 "null_last_third_mean", "task_ratio")
+
+
+def c1_statistics(cross, null=None) -> dict[str, float]:
+    """C1's statistics of a cross-task similarity curve ``cross`` and the same-task null curve ``null`` over the
+    hidden states 0..L (arrays), computed on the transformer blocks 1..L (hidden state 0, the embedding output,
+    is left out: LoRA does not train the embeddings). With the divergence D = 1 - similarity and k = L // 3:
+
+    - ``spearman_depth``: rank correlation of block index and cross-task similarity (negative: diverge with depth);
+    - ``first_third_mean``, ``last_third_mean``, ``first_minus_last``: mean similarity over the first and last
+      k blocks, and their difference;
+    - ``depth_ratio`` = D(last third) / D(first third): how many times more the experts diverge in deep blocks;
+    - ``null_last_third_mean`` and ``task_ratio`` = D_cross(last third) / D_null(last third): how many times more
+      experts of different tasks diverge than two seeds of one task (task-driven, not seed noise).
+    """
+    from scipy.stats import spearmanr
+
+    c = np.asarray(cross, dtype=float)[1:]
     L = len(c)
     k = max(1, L // 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant curves give NaN correlations
-        rho = spearman_depth(c)
-    first, last = c["similarity"].iloc[:k].mean(), c["similarity"].iloc[-k:].mean()
-    return {"spearman_depth": rho, "first_third_mean": first, "last_third_mean": last,
-            "first_minus_last": first - last}, k, L
+        rho = float(spearmanr(np.arange(1, L + 1), c).statistic)
+    first, last = float(c[:k].mean()), float(c[-k:].mean())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {"spearman_depth": rho, "first_third_mean": first, "last_third_mean": last,
+               "first_minus_last": first - last, "depth_ratio": float(np.float64(1 - last) / (1 - first))}
+        if null is not None:
+            n_last = float(np.asarray(null, dtype=float)[1:][-k:].mean())
+            out["null_last_third_mean"] = n_last
+            out["task_ratio"] = float(np.float64(1 - last) / (1 - n_last))
+    return out
 
 
-def c1_summary(pairwise: pd.DataFrame, n_samples: int, n_boot: int, seed: int) -> pd.DataFrame:
-    """``c1_summary``: per measure, over the transformer blocks 1..L (hidden state 0, the embedding output,
-    is left out: LoRA does not train the embeddings, so it is identical across experts by construction), the
-    Spearman correlation of depth and mean inter-expert similarity and the means over the first and last
-    thirds of the blocks, with intervals over resampled expert pairs (the same replicates as the curve's)."""
-    curve = mean_offdiag(pairwise)
-    _, boot, n_pairs = _pair_bootstrap(pairwise, n_boot, seed)
+def c1_summary(pairwise: pd.DataFrame, replicates: pd.DataFrame, n_samples: int) -> pd.DataFrame:
+    """``c1_summary``: per measure, :func:`c1_statistics` of the cross-task curve and the same-task null curve of
+    ``pairwise``, with 95% percentile intervals from ``c1_replicates`` (probe samples and experts resampled)."""
+    curve, null = mean_offdiag(pairwise), null_curve(pairwise)
+    n_pairs = len(_cross_task(pairwise).query("model_a < model_b")[["model_a", "model_b"]].drop_duplicates())
     rows = []
     for measure in pd.unique(curve["measure"]):
-        c = curve[curve["measure"] == measure]
-        est, k, L = _c1_stats(c)
-        layers = sorted(c["layer"])
-        reps = [_c1_stats(pd.DataFrame({"layer": layers, "similarity": boot.loc[r, measure].reindex(layers)
-                                        .to_numpy()}))[0] for r in range(n_boot)]
+        c = curve[curve["measure"] == measure].sort_values("layer")["similarity"].to_numpy()
+        nl = null[null["measure"] == measure].sort_values("layer")["similarity"].to_numpy()
+        est = c1_statistics(c, nl if len(nl) == len(c) else None)
+        L = len(c) - 1
+        k = max(1, L // 3)
+        reps = replicates[replicates["measure"] == measure]
         for stat, value in est.items():
-            vals = np.array([r[stat] for r in reps], dtype=float)
-            ok = vals[~np.isnan(vals)]
+            vals = reps.loc[reps["statistic"] == stat, "value"].to_numpy(dtype=float)
+            ok = vals[np.isfinite(vals)]
             lo, hi = (np.quantile(ok, [0.025, 0.975]) if len(ok) else (np.nan, np.nan))
             rows.append({"measure": measure, "statistic": stat, "estimate": value, "low": lo, "high": hi,
                          "blocks": L, "third": k, "first_layers": f"1-{k}", "last_layers": f"{L - k + 1}-{L}",
@@ -275,8 +338,8 @@ def _unseen_mean(df: pd.DataFrame, unseen: Sequence[str]) -> pd.DataFrame:
 def _differences(scopes: Mapping[str, pd.DataFrame], others: Sequence[str], n_boot: int, seed: int,
                  reference: str = "recall") -> pd.DataFrame:
     """``reference`` minus each of ``others`` in every scope: columns task, estimate, low, high, n, scope, other."""
-    frames = [paired_difference_ci(d, reference, other, n_boot=n_boot, seed=seed).assign(scope=scope, other=other)
-              for other in others for scope, d in scopes.items()]
+    frames = [paired_difference_ci(d, reference, other, n_boot=n_boot, seed=seed, margin=EQUIVALENCE_MARGIN)
+              .assign(scope=scope, other=other) for other in others for scope, d in scopes.items()]
     return pd.DataFrame(pd.concat(frames, ignore_index=True))
 
 
@@ -359,7 +422,7 @@ def sequential_tables(examples: pd.DataFrame, base_examples: pd.DataFrame, p: Pa
     if "recall" in methods and len(order) > 1:
         for other in [m for m in methods if m != "recall"]:
             d = cl_difference_ci(examples, base_examples, "recall", other, n_boot=p.n_boot, seed=p.seed,
-                                 task_order=order)
+                                 task_order=order, margin=EQUIVALENCE_MARGIN)
             rows.append(d.assign(other=other))
     cols = list(SPECS["seq_diff"].columns)
     out["seq_diff"] = (pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols))
@@ -372,7 +435,8 @@ def ablation_tables(examples: pd.DataFrame, p: Params) -> dict[str, pd.DataFrame
     t = method_table_ci(v, n_boot=p.n_boot, seed=p.seed).rename(columns={"method": "variant"})
     t["options"] = t["variant"].map(lambda name: json.dumps(p.ablation_options[name], sort_keys=True))
     variants = [x for x in pd.unique(examples["variant"]) if x != "default"]
-    diffs = pd.concat([paired_difference_ci(v, name, "default", n_boot=p.n_boot, seed=p.seed).assign(variant=name)
+    diffs = pd.concat([paired_difference_ci(v, name, "default", n_boot=p.n_boot, seed=p.seed,
+                                            margin=EQUIVALENCE_MARGIN).assign(variant=name)
                        for name in variants], ignore_index=True)
     diffs["difference"] = "variant - default"
     return {"ablation_accuracy": t, "ablation_diff": diffs}
@@ -383,9 +447,12 @@ class Source:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        self.extra: dict[str, pd.DataFrame] = {}  # tables computed but not written yet (by name)
 
     def get(self, name: str, subdir: str | None = None) -> pd.DataFrame | None:
         """Table ``name`` (of ``subdir``), or None when its file does not exist."""
+        if subdir is None and name in self.extra:
+            return self.extra[name]
         path = (self.folder / subdir if subdir else self.folder) / f"{name}.csv"
         if not path.is_file():
             return None
@@ -411,13 +478,37 @@ class Source:
 def _representation_tables(t: Source, p: Params) -> dict[str, pd.DataFrame]:
     n = probes_per_task(p.n_samples, len(p.tasks)) * len(p.tasks)
     return {"interexpert_curve": interexpert_curve(t["pairwise"], p.n_boot, p.seed),
-            "c1_summary": c1_summary(t["pairwise"], n, p.n_boot, p.seed)}
+            "c1_summary": c1_summary(t["pairwise"], t["c1_replicates"], n)}
+
+
+def chains(t: Source) -> list[str | None]:
+    """Every folder of a sequential chain: the main one (None) and each ``seed*`` / ``order-*`` subfolder that has
+    per-example results."""
+    subs = [None, *t.subdirs("seed"), *t.subdirs("order-")]
+    return [s for s in subs if (t.folder / (s or "") / "seq_examples.csv").is_file()]
+
+
+def seq_diff_pooled(t: Source, p: Params) -> pd.DataFrame:
+    """``seq_diff_pooled``: RECALL minus each sequential method, pooled over every chain of the folder."""
+    cols = list(SPECS["seq_diff_pooled"].columns)
+    runs = []
+    for sub in chains(t):
+        ex = t.get("seq_examples", sub)
+        order = [x for x in pd.unique(ex["task"]) if x in p.tasks]  # rows of R in training order
+        runs.append((ex, t.get("seq_base_examples", sub), order))
+    if not runs or "recall" not in set(runs[0][0]["method"]):
+        return pd.DataFrame(columns=cols)
+    others = [m for m in pd.unique(runs[0][0]["method"]) if m != "recall"]
+    frames = [pooled_cl_difference_ci(runs, "recall", o, n_boot=p.n_boot, seed=p.seed, margin=EQUIVALENCE_MARGIN)
+              .assign(other=o) for o in others]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
 def _claims_tables(t: Source, p: Params) -> dict[str, pd.DataFrame]:
     from .claims import evaluate
 
-    return evaluate(t.folder)
+    pooled = seq_diff_pooled(t, p)
+    return {"seq_diff_pooled": pooled, **evaluate(t.folder, seq_pooled=pooled)}
 
 
 # notebook -> function of its folder's tables (read from the files) and the params -> {name: derived table}
@@ -516,8 +607,10 @@ VIEWS: dict[str, View] = {
     "ablation_diff": View(index="variant"),
     "efficiency": View(kind="plain"),
     "claims": View(kind="rows", show=("claim", "statement", "verdict", "evidence", "paper")),
-    "claim_comparisons": View(kind="rows", show=("comparison", "scope", "metric", "better", "estimate", "verdict",
-                                                 "in_verdict")),
+    "claim_comparisons": View(kind="rows", show=("comparison", "scope", "metric", "better", "estimate", "p_support",
+                                                 "p_refute", "p_equiv", "verdict", "in_verdict",
+                                                 "leave_one_task_out")),
+    "seq_diff_pooled": View(index="other", columns="metric", index_name="RECALL minus"),
 }
 
 
@@ -544,6 +637,8 @@ def view(name: str, df: pd.DataFrame, **overrides) -> pd.DataFrame:
             out["estimate"] = [ci_text(e, lo, hi, v.scale, v.digits) for e, lo, hi in
                                zip(df["estimate"], df["low"], df["high"])]
             out = out.rename(columns={"estimate": "estimate [95% interval]"})
+        for c in [c for c in out.columns if str(c).startswith("p_")]:
+            out[c] = [f"{float(x):.3f}" if pd.notna(x) else "" for x in out[c]]
         out = out.reset_index(drop=True)
     else:
         out = df.copy()
@@ -563,6 +658,7 @@ def view(name: str, df: pd.DataFrame, **overrides) -> pd.DataFrame:
 
 
 __all__ = ["MEAN", "SPECS", "Spec", "Params", "Source", "spec_of", "check_columns", "to_csv", "read", "derive",
-           "DERIVATIONS", "interexpert_curve", "c1_summary", "mean_offdiag", "spearman_depth", "probes_per_task",
-           "single_model_tables", "multi_model_tables", "normalized_scores", "sequential_tables", "ablation_tables",
-           "experts_row", "ci_text", "ci_view", "View", "VIEWS", "view"]
+           "DERIVATIONS", "EQUIVALENCE_MARGIN", "interexpert_curve", "c1_summary", "c1_statistics", "mean_offdiag",
+           "null_curve", "spearman_depth", "probes_per_task", "single_model_tables", "multi_model_tables",
+           "normalized_scores", "sequential_tables", "ablation_tables", "seq_diff_pooled", "chains", "experts_row",
+           "ci_text", "ci_view", "View", "VIEWS", "view"]

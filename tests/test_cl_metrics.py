@@ -30,7 +30,8 @@ from recall.cl_metrics import (
 #   BWT = ((0.50 - 0.80) + (0.70 - 0.90)) / 2               = -0.25     (dividing by T would give -0.1667)
 #   FWT = ((R[0,1] - b1) + (R[1,2] - b2)) / 2
 #       = ((0.30 - 0.25) + (0.40 - 0.30)) / 2               = 0.075
-#   forgetting: task 0: max(0.80, 0.85) - 0.50 = 0.35; task 1: max(0.30, 0.90) - 0.70 = 0.20
+#   forgetting: task 0: max(R[0,0], R[1,0]) - 0.50 = max(0.80, 0.85) - 0.50 = 0.35;
+#               task 1: max(R[1,1]) - 0.70 = 0.90 - 0.70 = 0.20 (R[0,1] = 0.30 is before task 1 is learned)
 #       -> (0.35 + 0.20) / 2                                = 0.275     (differs from -BWT: R[1,0] > R[0,0])
 R3 = np.array([[0.80, 0.30, 0.20],
                [0.85, 0.90, 0.40],
@@ -60,13 +61,21 @@ def test_hand_computed_T4_denominators():
     assert forgetting(R) == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6) + (1.0 - 0.7)) / 3)
 
 
-def test_forgetting_max_includes_steps_before_the_task():
-    # task 1 scored 0.95 at step 0 (before training on it), 0.9 after: the max over l < T-1 takes 0.95.
+def test_forgetting_ignores_scores_before_the_task_was_learned():
+    # task 1 scored 0.95 at step 0, before it was trained, and 0.9 after: not forgetting (Chaudhry et al. 2018).
+    # Hand computation: task 0: max(0.8, 0.8) - 0.8 = 0; task 1: max(R[1,1]) - R[2,1] = 0.90 - 0.90 = 0.
     R = np.array([[0.8, 0.95, 0.2],
                   [0.8, 0.90, 0.4],
                   [0.8, 0.90, 0.9]])
-    assert forgetting(R) == pytest.approx((0.0 + 0.05) / 2)
+    assert forgetting(R) == 0.0
     assert backward_transfer(R) == pytest.approx(0.0)
+    # the committed run's case: SMS (learned at step 4 of 5) scores .875 at step 2, never again after learning
+    R = np.array([[0.7, 0.1, 0.2, 0.875, 0.3],
+                  [0.6, 0.8, 0.2, 0.862, 0.3],
+                  [0.5, 0.7, 0.5, 0.850, 0.3],
+                  [0.5, 0.7, 0.4, 0.850, 0.3],
+                  [0.4, 0.7, 0.4, 0.800, 0.4]])
+    assert forgetting(R) == pytest.approx(((0.7 - 0.4) + (0.8 - 0.7) + (0.5 - 0.4) + (0.85 - 0.80)) / 4)
 
 
 def test_forgetting_skips_unevaluated_entries():

@@ -147,20 +147,43 @@ def test_ablation_tables_by_hand():
 def test_representation_tables_by_hand():
     rows = []
     for layer in range(4):
-        sims = {("e1", "e2"): 1 - 0.1 * layer, ("e1", "e3"): 1 - 0.2 * layer, ("e2", "e3"): 1 - 0.1 * layer}
+        sims = {("e1", "e2"): 1 - 0.1 * layer, ("e1", "e3"): 1 - 0.2 * layer, ("e2", "e3"): 1 - 0.1 * layer,
+                ("e1", "e1-seed1"): 1 - 0.01 * layer}
         for (a, b), s in sims.items():
             rows += [{"layer": layer, "model_a": a, "model_b": b, "measure": "rbf", "similarity": s},
                      {"layer": layer, "model_a": b, "model_b": a, "measure": "rbf", "similarity": s}]
         rows += [{"layer": layer, "model_a": e, "model_b": e, "measure": "rbf", "similarity": 1.0}
-                 for e in ("e1", "e2", "e3")]
+                 for e in ("e1", "e2", "e3", "e1-seed1")]
     pw = pd.DataFrame(rows)
-    curve = tables.interexpert_curve(pw, n_boot=50, seed=0)
+    curve = tables.interexpert_curve(pw, n_boot=50, seed=0)  # the same-task null expert is left out
     assert curve["similarity"].tolist() == pytest.approx([1 - 0.4 / 3 * layer for layer in range(4)])
     assert (curve["low"] <= curve["similarity"] + 1e-12).all() and curve["n_pairs"].iloc[0] == 3
-    c1 = tables.c1_summary(pw, n_samples=4, n_boot=50, seed=0).set_index("statistic")
-    assert c1.loc["spearman_depth", "estimate"] == pytest.approx(-1.0)  # strictly decreasing over blocks 1..3
-    assert c1.loc["first_minus_last", "estimate"] == pytest.approx(0.4 / 3 * 2)
-    assert c1["blocks"].iloc[0] == 3 and c1["first_layers"].iloc[0] == "1-1"
+    assert tables.null_curve(pw)["similarity"].tolist() == pytest.approx([1 - 0.01 * layer for layer in range(4)])
+    # over blocks 1..3 (k = 1): first 1 - 0.4/3, last 1 - 1.2/3; D_last / D_first = 3; D_cross / D_null = 0.4 / 0.03
+    stats = tables.c1_statistics(curve["similarity"], tables.null_curve(pw)["similarity"])
+    assert stats["spearman_depth"] == pytest.approx(-1.0)
+    assert stats["first_minus_last"] == pytest.approx(0.8 / 3)
+    assert stats["depth_ratio"] == pytest.approx(3.0) and stats["task_ratio"] == pytest.approx(0.4 / 0.03)
+    reps = pd.DataFrame([{"replicate": r, "measure": "rbf", "statistic": k, "value": v * (1 + 0.01 * r)}
+                         for r in range(20) for k, v in stats.items()])
+    c1 = tables.c1_summary(pw, reps, n_samples=4).set_index("statistic")
+    assert c1.loc["depth_ratio", "estimate"] == pytest.approx(3.0)
+    assert c1.loc["depth_ratio", "low"] > 3.0 and c1.loc["depth_ratio", "high"] < 3.0 * 1.2
+    assert c1["blocks"].iloc[0] == 3 and c1["first_layers"].iloc[0] == "1-1" and c1["n_pairs"].iloc[0] == 3
+
+
+def test_difference_tests_and_leave_one_task_out():
+    from recall.cl_metrics import paired_difference_ci
+
+    df = _examples([("recall", "a", [1, 1, 1, 1, 0, 0]), ("sft", "a", [0, 0, 0, 0, 0, 0]),
+                    ("recall", "b", [1, 0, 1, 0, 1, 0]), ("sft", "b", [1, 0, 1, 0, 1, 0])])
+    d = paired_difference_ci(df, "recall", "sft", n_boot=200, margin=0.02).set_index("task")
+    assert list(d.index) == ["a", "b", MEAN, "mean without a", "mean without b"]
+    assert (d.loc["a", "n_a"], d.loc["a", "n_b"]) == (4, 0)
+    assert d.loc["a", "p_exact_greater"] == pytest.approx(1 / 16)  # exact McNemar: 4 discordant, all one way
+    assert d.loc["b", "n_a"] == d.loc["b", "n_b"] == 0 and d.loc["b", "p_equiv"] < 0.01
+    assert d.loc["mean without a", "estimate"] == 0.0 and d.loc["mean without b", "estimate"] == pytest.approx(2 / 3)
+    assert d.loc[MEAN, "p_exact_greater"] == pytest.approx(1 / 16)  # the tasks' discordant examples pooled
 
 
 def test_derive_reads_files_and_names_missing_inputs(tmp_path):
