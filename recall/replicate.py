@@ -228,7 +228,7 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recall.replicate", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n")[-1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help=f"profile ({', '.join(PROFILES)}); default cpu")
     ap.add_argument("--notebooks", nargs="+", metavar="NB", help="notebooks to run (e.g. 01 03); default all")
     ap.add_argument("--seed", type=int, help="run only this seed (default: every seed of the profile)")
