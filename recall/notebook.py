@@ -11,20 +11,19 @@ cell and a few calls::
     nb.provenance()                                 # results/<profile>/provenance.json
 
 Results of a seed other than 0 or a task order other than the profile's go to their own subfolder
-(:func:`subdir_for`), so they never overwrite the main run's.
+(``recall.results.subdir_for``), so they never overwrite the main run's.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import pandas as pd
 
 from . import plots, tables
 from .experiments import Run
 from .profiles import check_task_order, get_profile
-from .results import Results
+from .results import Results, subdir_for
 
 
 def quiet() -> None:
@@ -36,15 +35,6 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-
-
-def subdir_for(profile, seed: int = 0, task_order: Sequence[str] | None = None) -> str | None:
-    """The results subfolder of a run: ``seed<n>`` for a seed other than 0, ``order-<tasks>`` for a task
-    order other than the profile's, both joined by ``-``; None for the main run."""
-    parts = [f"seed{seed}"] if seed else []
-    if task_order and tuple(task_order) != tuple(profile.task_order):
-        parts.append("order-" + "-".join(task_order))
-    return "-".join(parts) or None
 
 
 class Notebook:
@@ -60,7 +50,7 @@ class Notebook:
             params["task_order"] = list(self.task_order)
         self.params = {"profile": profile, "seed": seed, **params}
         self.run = Run(self.profile, seed=seed, progress=False)
-        self.res = Results(profile, name, subdir=subdir_for(self.profile, seed, self.task_order))
+        self.res = Results(profile, name, subdir=subdir_for(seed, self.task_order, self.profile.task_order))
         self.table_params = tables.Params.of(self.profile, seed, **params)
         self.tables: dict[str, pd.DataFrame] = {}
 
@@ -107,4 +97,4 @@ class Notebook:
                          f"{self.run.timings}"))
 
 
-__all__ = ["Notebook", "quiet", "subdir_for"]
+__all__ = ["Notebook", "quiet"]

@@ -33,6 +33,29 @@ DEFAULT_METHOD_OPTIONS = {"single": {"average": {"include_base": True}},
                           "sequential": {"recall": {"include_base": False}}}
 
 
+def check_task_order(profile, order) -> tuple[str, ...]:
+    """``order`` as a tuple when it is an ordering of the profile's training tasks, else one clear ValueError
+    (a string, an empty list, duplicates, unknown or unseen-only tasks, a missing task)."""
+    if isinstance(order, str) or not isinstance(order, (list, tuple)):
+        raise ValueError(f"task_order must be a list of task names such as {list(profile.task_order)}, "
+                         f"got {order!r}")
+    order = tuple(order)
+    if not order:
+        raise ValueError("task_order is empty; give an ordering of the profile's tasks "
+                         f"{list(profile.tasks)}")
+    bad = [t for t in order if not isinstance(t, str) or t not in profile.tasks]
+    if bad:
+        raise ValueError(f"task_order names {bad}, which are not training tasks of profile {profile.name} "
+                         f"({', '.join(profile.tasks)}; unseen tasks are never trained on)")
+    dup = sorted({t for t in order if order.count(t) > 1})
+    if dup:
+        raise ValueError(f"task_order repeats {dup}; each task is learned once")
+    missing = [t for t in profile.tasks if t not in order]
+    if missing:
+        raise ValueError(f"task_order lacks {missing}: it must be an ordering of all of {list(profile.tasks)}")
+    return order
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -77,18 +100,14 @@ class Profile:
     def __post_init__(self):
         for t in self.tasks + self.unseen + tuple(self.task_order):
             get_task(t)  # unknown names raise with the list of known tasks
-        if sorted(self.task_order) != sorted(self.tasks):
-            raise ValueError(f"task_order {list(self.task_order)} must be an ordering of the profile's tasks "
-                             f"{list(self.tasks)}")
+        for order in (self.task_order, *self.extra_orders):
+            check_task_order(self, order)
         if self.recall_k > self.n_candidates or self.n_candidates > self.n_train:
             raise ValueError(f"need recall_k <= n_candidates <= n_train, got {self.recall_k}, {self.n_candidates}, "
                              f"{self.n_train}")
         unknown = sorted(set(self.method_options) - set(SCENARIOS))
         if unknown:
             raise ValueError(f"method_options has unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
-        for o in self.extra_orders:
-            if sorted(o) != sorted(self.tasks):
-                raise ValueError(f"extra order {list(o)} must be an ordering of the profile's tasks {list(self.tasks)}")
 
     def options_for(self, scenario: str, method: str) -> dict:
         """The options of merge ``method`` in ``scenario``: ``method_options`` over the registry defaults, and
@@ -98,10 +117,6 @@ class Profile:
         opts = {"k": self.recall_k} if method == "recall" else {}
         opts.update(self.method_options.get(scenario, {}).get(method, {}))
         return opts
-
-    def orders(self) -> tuple[tuple[str, ...], ...]:
-        """Every task order the sequential scenario runs: the profile's, then ``extra_orders``."""
-        return (tuple(self.task_order),) + tuple(tuple(o) for o in self.extra_orders)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,29 +179,6 @@ ABLATIONS: dict[str, dict] = {
     "centrality": {"weighting": "centrality"},
     "no_base": {"include_base": False},
 }
-
-
-def check_task_order(profile: Profile, order) -> tuple[str, ...]:
-    """``order`` as a tuple when it is an ordering of the profile's training tasks, else one clear ValueError
-    (a string, an empty list, duplicates, unknown or unseen-only tasks, a missing task)."""
-    if isinstance(order, str) or not isinstance(order, (list, tuple)):
-        raise ValueError(f"task_order must be a list of task names such as {list(profile.task_order)}, "
-                         f"got {order!r}")
-    order = tuple(order)
-    if not order:
-        raise ValueError("task_order is empty; give an ordering of the profile's tasks "
-                         f"{list(profile.tasks)}")
-    bad = [t for t in order if not isinstance(t, str) or t not in profile.tasks]
-    if bad:
-        raise ValueError(f"task_order names {bad}, which are not training tasks of profile {profile.name} "
-                         f"({', '.join(profile.tasks)}; unseen tasks are never trained on)")
-    dup = sorted({t for t in order if order.count(t) > 1})
-    if dup:
-        raise ValueError(f"task_order repeats {dup}; each task is learned once")
-    missing = [t for t in profile.tasks if t not in order]
-    if missing:
-        raise ValueError(f"task_order lacks {missing}: it must be an ordering of all of {list(profile.tasks)}")
-    return order
 
 
 def get_profile(name: str, **overrides) -> Profile:

@@ -46,7 +46,7 @@ import yaml
 
 from .fsutil import CacheBusy, cache_lock
 from .profiles import PROFILES, check_task_order, get_profile, plan
-from .results import repo_root, results_root
+from .results import repo_root, results_root, subdir_for
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -136,15 +136,11 @@ def declared_parameters(path: Path) -> dict:
 
 
 def output_name(stem: str, params: dict, profile=None) -> str:
-    """The executed notebook's name: ``stem``, plus ``-seed<n>`` for a seed other than 0 and ``-order-<tasks>``
-    for a task order other than the profile's (the notebooks write those results to subfolders too)."""
-    name = stem
-    if params.get("seed"):
-        name += f"-seed{params['seed']}"
-    order = params.get("task_order")
-    if order and (profile is None or tuple(order) != tuple(profile.task_order)):
-        name += f"-order-{'-'.join(map(str, order))}"
-    return name
+    """The executed notebook's name: ``stem``, plus the run's results subfolder (``recall.results.subdir_for``:
+    ``-seed<n>`` for a seed other than 0, ``-order-<tasks>`` for a task order other than the profile's)."""
+    sub = subdir_for(params.get("seed") or 0, params.get("task_order"),
+                     None if profile is None else profile.task_order)
+    return f"{stem}-{sub}" if sub else stem
 
 
 def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds: list[int] | None = None

@@ -88,6 +88,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def subdir_for(seed: int = 0, task_order=None, profile_order=None) -> str | None:
+    """The results subfolder of a run: ``seed<n>`` for a seed other than 0, ``order-<tasks>`` for a task order
+    other than the profile's (``profile_order``; None: any given order counts), both joined by ``-``; None for
+    the main run. The executed notebook is named ``<notebook>-<subfolder>`` the same way."""
+    parts = [f"seed{seed}"] if seed else []
+    if task_order and (profile_order is None or tuple(task_order) != tuple(profile_order)):
+        parts.append("order-" + "-".join(map(str, task_order)))
+    return "-".join(parts) or None
+
+
 class Results:
     """The results folder of one notebook run: ``<results root>/<profile>/[<subdir>/]``."""
 

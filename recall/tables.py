@@ -227,15 +227,16 @@ def _cross_task(pairwise: pd.DataFrame) -> pd.DataFrame:
     return pairwise[keep]
 
 
-def _pair_bootstrap(pairwise: pd.DataFrame, n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """(wide table of the unordered expert pairs, bootstrap replicates of its column means, number of pairs)."""
+def _pair_bootstrap(pairwise: pd.DataFrame, n_boot: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """(bootstrap replicates of the mean over resampled unordered expert pairs, per (measure, layer); number of
+    pairs)."""
     off = _cross_task(pairwise)
     off = off[off["model_a"] < off["model_b"]]
     wide = off.pivot_table(index=["model_a", "model_b"], columns=["measure", "layer"], values="similarity")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(wide), size=(n_boot, len(wide)))
     boot = pd.DataFrame(wide.to_numpy()[idx].mean(axis=1), columns=wide.columns)  # n_boot x (measure, layer)
-    return wide, boot, len(wide)
+    return boot, len(wide)
 
 
 def mean_offdiag(pairwise: pd.DataFrame) -> pd.DataFrame:
@@ -256,7 +257,7 @@ def null_curve(pairwise: pd.DataFrame) -> pd.DataFrame:
 def interexpert_curve(pairwise: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """``interexpert_curve``: :func:`mean_offdiag` with a percentile interval over resampled expert pairs."""
     curve = mean_offdiag(pairwise)
-    _, boot, n_pairs = _pair_bootstrap(pairwise, n_boot, seed)
+    boot, n_pairs = _pair_bootstrap(pairwise, n_boot, seed)
     q = boot.quantile([0.025, 0.975])
     curve["low"] = [q.loc[0.025, (m, lay)] for m, lay in zip(curve["measure"], curve["layer"])]
     curve["high"] = [q.loc[0.975, (m, lay)] for m, lay in zip(curve["measure"], curve["layer"])]
