@@ -16,9 +16,12 @@
 #
 # Tasks arrive one at a time (claim C3; `recall.experiments.sequential`). Plain sequential LoRA fine-tuning
 # (`sft`) and EWC fine-tune the current model on each new task; the merge methods fine-tune the current model on
-# task t and then merge {current, new} with typical samples of task t. After every step every model is scored on
-# every task of the sequence (the R matrix, upper triangle included) and, after the last step, on the unseen
-# tasks. AP, BWT, FWT and forgetting are defined in `recall.cl_metrics` (`recall.tables.sequential_tables`).
+# task t and then merge {current, new} with typical samples of task t (`recall_history`: {base, M_1..M_t};
+# `uniform`: the fixed-0.5 average chain). After step t the model is scored on tasks 1..t+1 of the sequence (the
+# lower triangle of R, its diagonal and the superdiagonal FWT reads) and, after the last step, on every task and
+# the unseen tasks. The merge methods' knobs and EWC's penalty weight are tuned on validation on the first two
+# steps (`recall.tuning`, table `seq_tuning`). AP, BWT, FWT and forgetting are defined in `recall.cl_metrics`
+# (`recall.tables.sequential_tables`).
 #
 # `task_order = None` uses the profile's order; another order (papermill `-y 'task_order: [...]'`) writes to the
 # subfolder `order-<tasks>` (a seed other than 0 to `seed<n>[-order-<tasks>]`). Intervals: 95% paired percentile
@@ -30,16 +33,19 @@ seed = 0
 task_order = None  # None: the order of the profile
 
 # %%
-from recall.experiments import base_examples, sequential
+from recall.experiments import base_examples, sequential, sequential_tuning
 from recall.notebook import Notebook
 
 nb = Notebook("04_sequential", profile, seed, task_order=task_order)
 
 # %%
 order = nb.task_order
-nb.write(seq_examples=sequential(nb.run, order),
+nb.write(seq_tuning=sequential_tuning(nb.run, order), seq_examples=sequential(nb.run, order),
          seq_base_examples=base_examples(nb.run, order + tuple(nb.profile.unseen)))
 nb.derive()
+nb.show("seq_tuning")
+
+# %%
 nb.show("seq_metrics")
 
 # %%

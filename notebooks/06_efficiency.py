@@ -16,9 +16,9 @@
 #
 # Wall time and peak memory of our layer-wise merge (given weights) against the number of models, with the
 # streaming and the in-memory engine, on copies of the profile's base model (`recall.experiments.efficiency`). The
-# comparison with mergekit, each run as a separate process, comes from `benchmarks/merge_speed.py`; its table is
-# included when it exists at `results/<profile>/merge_speed.csv`. Timings are single measurements on a shared
-# machine: no intervals.
+# comparison with mergekit, each run as a separate process, is `benchmarks/merge_speed.py`'s: it writes
+# `results/benchmarks/merge_speed.csv`, which the book shows beside these. Timings are single measurements on a
+# shared machine: no intervals.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -32,7 +32,6 @@ nb = Notebook("06_efficiency", profile, seed)
 
 # %%
 nb.write(efficiency=efficiency(nb.run))
-nb.include("merge_speed")
 nb.show("efficiency")
 
 # %%

@@ -35,6 +35,12 @@ def merge_baselines() -> tuple[str, ...]:
     return tuple(sorted(n for n, cls in _methods().items() if cls.role == "baseline"))
 
 
+def merge_controls() -> tuple[str, ...]:
+    """Every registered merge method whose role is "control": variants that isolate one part of RECALL (uniform
+    weights over its pool, each model as M_N, the history pool), reported beside it but not in the verdicts."""
+    return tuple(sorted(n for n, cls in _methods().items() if cls.role == "control"))
+
+
 def sequential_baselines() -> tuple[str, ...]:
     """The training baselines of the sequential scenario (they fine-tune; they do not merge)."""
     return tuple(TRAINING)
@@ -73,4 +79,4 @@ def colors(names: Sequence) -> dict:
 
 
 __all__ = ["TRAINING", "REFERENCES", "TASK_LABELS", "RECALL_RED", "merge_methods", "merge_baselines",
-           "sequential_baselines", "label", "task_label", "colors"]
+           "merge_controls", "sequential_baselines", "label", "task_label", "colors"]

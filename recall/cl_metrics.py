@@ -406,6 +406,63 @@ def method_table_ci(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: 
     return pd.DataFrame(rows, columns=["method", "task", "estimate", "low", "high", "n"])
 
 
+def majority_rows(df: pd.DataFrame, name: str = "majority") -> pd.DataFrame:
+    """Rows of a pseudo-method ``name`` that always predicts each task's most frequent label (ties: the smallest),
+    on the examples of ``df`` (columns task, example, label, ...): the majority-class baseline. Stratified splits
+    share the training split's class proportions, so this is the training majority too."""
+    first = df.drop_duplicates(["task", "example"])
+    out = []
+    for _, g in first.groupby("task", sort=False):
+        top = g["label"].value_counts().sort_index(kind="stable").idxmax()
+        out.append(g.assign(method=name, pred=top, correct=(g["label"] == top).astype(int)))
+    return pd.concat(out, ignore_index=True)[[c for c in df.columns]]
+
+
+def macro_f1_table_ci(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      mean_label: str = "mean") -> pd.DataFrame:
+    """Macro-F1 per method per task (over the task's labels present in its examples' gold labels or predictions)
+    with paired bootstrap intervals (the same example draws as :func:`method_table_ci`), plus the task mean.
+
+    ``df``: long, columns ``method, task, example, label, pred``. Same output columns as ``method_table_ci``.
+    """
+    _check_boot_args(n_boot, seed, alpha)
+    rows, per = [], {}
+    for task, sub in df.groupby("task", sort=False):
+        if task == mean_label:
+            raise ValueError(f"a task is named {mean_label!r}, the label of the mean row; pass another mean_label")
+        label = sub.pivot(index="example", columns="method", values="label").iloc[:, 0].to_numpy()
+        pred = sub.pivot(index="example", columns="method", values="pred")
+        methods, pred = list(pred.columns), pred.to_numpy()
+        if np.isnan(pred.astype(float)).any():
+            raise ValueError(f"task {task!r}: every method needs a prediction on every example")
+        classes = np.unique(np.concatenate([label, pred.ravel()]))
+        n = len(label)
+        ind = [np.stack([(pred[:, k] == c) & (label == c), (pred[:, k] == c) & (label != c),
+                         (pred[:, k] != c) & (label == c)], axis=1) for k in range(len(methods)) for c in classes]
+        mat = np.concatenate(ind, axis=1).astype(np.float64)  # (n, K*C*3): TP, FP, FN indicators
+        rng = _task_rng(seed, task)
+        counts = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(n_boot)])
+        sums = np.vstack([mat.sum(0), counts @ mat]).reshape(n_boot + 1, len(methods), len(classes), 3)
+        tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+        denom = 2 * tp + fp + fn
+        f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0).mean(axis=2)  # (1+B, K)
+        for k, m in enumerate(methods):
+            per[m, task] = (f1[0, k], f1[1:, k], n)
+    tasks = list(dict.fromkeys(df["task"]))
+    for m in pd.unique(df["method"]):
+        for task in tasks:
+            if (m, task) in per:
+                point, boot, n = per[m, task]
+                lo, hi = _interval(boot[:, None], alpha)
+                rows.append((m, task, float(point), float(lo[0]), float(hi[0]), n))
+        if all((m, t) in per for t in tasks):
+            point = np.mean([per[m, t][0] for t in tasks])
+            boot = np.mean([per[m, t][1] for t in tasks], axis=0)
+            lo, hi = _interval(boot[:, None], alpha)
+            rows.append((m, mean_label, float(point), float(lo[0]), float(hi[0]), sum(per[m, t][2] for t in tasks)))
+    return pd.DataFrame(rows, columns=["method", "task", "estimate", "low", "high", "n"])
+
+
 DIFF_TESTS = ("p_greater", "p_less", "p_equiv", "n_a", "n_b", "p_exact_greater", "p_exact_less")
 LEAVE_OUT = "mean without "  # task label prefix of the leave-one-task-out rows
 
@@ -547,11 +604,13 @@ def _cl_bootstrap(df: pd.DataFrame, base_df: pd.DataFrame | None, n_boot: int, s
 
     have = set(map(tuple, df[["method", "step", "task"]].drop_duplicates().to_numpy().tolist()))
     for m in methods:
-        miss = [(s, t) for s in steps for t in seq if (m, s, t) not in have]
+        # the metrics read R[l, i] for i <= l + 1 only: the lower triangle, the diagonal and the superdiagonal
+        miss = [(s, t) for i, s in enumerate(steps) for t in seq[: i + 2] if (m, s, t) not in have]
         miss += [(steps[-1], t) for t in unseen if (m, steps[-1], t) not in have]
         if miss:
             raise ValueError(f"method {m!r} lacks {len(miss)} (step, task) evaluation(s), e.g. {miss[:3]}; "
-                             f"evaluate every step on every sequence task (and the last step on unseen tasks)")
+                             f"evaluate every step on the tasks learned so far and the next one (and the last "
+                             f"step on unseen tasks)")
 
     used = seq + unseen
     mats = _task_matrices(df, ["method", "step"])
@@ -611,7 +670,8 @@ def cl_metrics_ci(df: pd.DataFrame, base_df: pd.DataFrame | None = None, n_boot:
     Row t of R is the step after training on ``task_order[t]`` (default ``task_order``: the tasks in
     order of first appearance in df, which then must number as many as the steps; steps are ordered
     by ``step_order``, else by ``task_order`` when the step labels are the task names, else sorted).
-    Every method must have every (step, sequence task) pair evaluated (the upper triangle too). Tasks
+    Every method must have, after each step t, the sequence tasks 1..t+1 evaluated (what the metrics read: the
+    lower triangle of R, its diagonal and the superdiagonal of FWT; more is allowed and ignored). Tasks
     not in ``task_order`` are unseen: they need the last step and give the extra metric ``AP_unseen``
     (mean score over the unseen tasks after the last step).
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import label, merge_baselines, sequential_baselines
+from .catalog import label, merge_baselines, merge_controls, sequential_baselines
 from .cl_metrics import LEAVE_OUT
 from .stats import holm
 from .tables import EQUIVALENCE_MARGIN, MEAN, Source, ci_text
@@ -291,6 +291,11 @@ def _merge_claim(claim: str, src: Source, scope: str, accuracy: str) -> Outcome:
         comps.append(Comparison(claim, "multi_diff", f"RECALL - {label(other)}", scope, "accuracy", "higher",
                                 _row(md, scope=scope, task=MEAN, other=other), loto=_loto(md, scope=scope,
                                                                                           other=other)))
+    for other in merge_controls():  # what RECALL's weights add over its pool, and over an order-free anchor
+        r = _row(md, scope=scope, task=MEAN, other=other)
+        if r is not None:
+            comps.append(Comparison(claim, "multi_diff", f"RECALL - {label(other)}", scope, "accuracy", "higher", r,
+                                    in_verdict=False))
     if claim == "C4":
         sd = src.get("single_diff")
         for other in merge_baselines() if sd is not None else ():
@@ -306,7 +311,9 @@ def _merge_claim(claim: str, src: Source, scope: str, accuracy: str) -> Outcome:
 
 def rule_c2(src: Source) -> Outcome:
     """From ``multi_diff`` (training tasks, task mean): RECALL minus each registered merging baseline, the claim
-    predicting higher; outcomes and their combination as stated above (Holm over the baselines)."""
+    predicting higher; outcomes and their combination as stated above (Holm over the baselines). RECALL minus
+    each control (uniform weights over RECALL's own pool: what the weights add; each expert as M_N in turn) is
+    shown beside them, uncorrected, and does not enter the verdict."""
     return _merge_claim("C2", src, "training tasks", "multi_train")
 
 
@@ -320,7 +327,8 @@ def rule_c3(src: Source) -> Outcome:
     """From ``seq_diff_pooled`` (every chain of the profile: task orders and seeds pooled with a nested bootstrap):
     RECALL minus SFT and RECALL minus EWC in AP (higher is better: the paper's performance gain), BWT (higher)
     and forgetting (lower): six comparisons, Holm over all six, combined as stated above. The per-order
-    differences (``seq_diff``) are shown beside them and do not enter the verdict."""
+    differences (``seq_diff``) and RECALL minus the controls (``uniform``: the fixed-0.5 average chain over the
+    same {current, new} pool; ``recall_history``) are shown beside them and do not enter the verdict."""
     pooled = src.get("seq_diff_pooled")
     comps = []
     metrics = (("AP", "higher"), ("BWT", "higher"), ("forgetting", "lower"))
@@ -330,6 +338,12 @@ def rule_c3(src: Source) -> Outcome:
             for metric, better in metrics:
                 comps.append(Comparison("C3", "seq_diff_pooled", f"RECALL - {label(other)}", f"{n} chain(s) pooled",
                                         metric, better, _row(pooled, other=other, metric=metric)))
+        for other in merge_controls():  # the fixed-0.5 chain over the same pool; the history pool
+            for metric, better in metrics:
+                r = _row(pooled, other=other, metric=metric)
+                if r is not None:
+                    comps.append(Comparison("C3", "seq_diff_pooled", f"RECALL - {label(other)}",
+                                            f"{n} chain(s) pooled", metric, better, r, in_verdict=False))
     for sd in [None, *src.subdirs("order-")]:
         d = src.get("seq_diff", sd)
         if d is None or not len(d):

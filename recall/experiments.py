@@ -73,6 +73,11 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _digest(samples) -> str:
+    """A key for the exact data a unit reads (texts, answers, tags), whatever profile fields produced it."""
+    return _key([[s.text, s.answer, s.model] for s in samples]) if samples else ""
+
+
 @dataclass
 class Run:
     """One profile and seed: the cache folder and the cached units."""
@@ -84,6 +89,7 @@ class Run:
     timings: dict = field(default_factory=dict)
     _data: dict = field(default_factory=dict, repr=False)
     _recipes: dict = field(default_factory=dict, repr=False)  # merged folder -> what merge() was asked
+    _tuning: dict = field(default_factory=dict, repr=False)  # scenario (and order) -> tuning table
 
     def __post_init__(self):
         if self.profile.model == "tiny":  # tiny kernels gain nothing from threads and lose a lot on busy machines
@@ -135,15 +141,41 @@ class Run:
             self._data[task] = load_task(task, n_train=n_train, n_val=p.n_val, n_test=p.n_test, seed=self.seed)
         return self._data[task]
 
-    def train_samples(self, task: str):
+    def options(self, scenario: str, method: str, task_order: tuple[str, ...] | None = None) -> dict:
+        """The options of ``method`` in ``scenario``: the profile's (``Profile.options_for``) with the values tuned
+        on validation (``recall.tuning``; multi-model and sequential scenarios, when the profile tunes)."""
+        from .tuning import chosen
+
+        opts = self.profile.options_for(scenario, method) if method not in ("sft", "ewc") else {}
+        if scenario == "multi":
+            opts.update(chosen(multi_tuning(self), method))
+        elif scenario == "sequential":
+            opts.update(chosen(sequential_tuning(self, task_order), method))
+        return opts
+
+    def task(self, name: str):
+        """Task ``name`` with the profile's label casing."""
         from .tasks import get_task
 
-        return get_task(task).samples(self.data(task)["train"], self.tokenizer, self.profile.max_text_tokens)
+        return get_task(name, casing=self.profile.label_casing)
+
+    def train_samples(self, task: str):
+        return self.task(task).samples(self.data(task)["train"], self.tokenizer, self.profile.max_text_tokens)
 
     def candidate_samples(self, task: str):
         """The new task's candidate samples, for typical-sample selection and LM-Cocktail: the first
         ``n_candidates`` of its training split."""
         return self.train_samples(task)[: self.profile.n_candidates]
+
+    def merge_samples(self, samples_task: str | list[str] | None):
+        """The candidate samples a merge reads: of one task, or of one task per model, tagged with its index."""
+        from dataclasses import replace
+
+        if not samples_task:
+            return None
+        if isinstance(samples_task, str):
+            return self.candidate_samples(samples_task)
+        return [replace(s, model=i) for i, t in enumerate(samples_task) for s in self.candidate_samples(t)]
 
     # ------------------------------------------------------------------ units
     def _timed(self, what: str, t0: float):
@@ -155,7 +187,7 @@ class Run:
 
         cfg = self.profile.train_config(overrides.pop("seed", self.seed), **overrides)
         samples = [s for t in tasks for s in self.train_samples(t)]  # multi-task: finetune shuffles (seeded)
-        key = _key([self.ref(start), tasks, cfg.to_dict(), code_fingerprint(*TRAIN_CODE)])
+        key = _key([self.ref(start), tasks, cfg.to_dict(), _digest(samples), code_fingerprint(*TRAIN_CODE)])
         out = self.root / "models" / f"{name}-{key}"
         t0 = time.time()
         path = train_and_save(self.weights_of(start), samples, cfg, out, ewc=ewc, progress=self.progress)
@@ -171,17 +203,19 @@ class Run:
     def multitask(self) -> Path:
         return self.train(self.base, tuple(self.profile.tasks), "multitask")
 
-    def merge(self, method: str, models: list[Path], samples_task: str | None, base: Path | None = None,
+    def merge(self, method: str, models: list[Path], samples_task: str | list[str] | None, base: Path | None = None,
               name: str | None = None, **options) -> Path:
         """Merge ``models`` (oldest first) with ``method`` and ``options`` (over the registry defaults); cached
-        by inputs, the method's full options and the merge code. A folder whose weights ``release`` deleted
-        is returned as is; ``evaluate`` and ``train`` merge it again if they need its weights."""
+        by inputs, the method's full options and the merge code. ``samples_task``: the task whose candidate
+        samples the method reads, or one task per model (the samples are then tagged with their model's index,
+        for RECALL's ``anchor="each"``). A folder whose weights ``release`` deleted is returned as is;
+        ``evaluate`` and ``train`` merge it again if they need its weights."""
         from .merge import get_method
 
         opts = get_method(method, **options).options()  # every option, defaults included: one key per merge
         base = self.base if base is None else base
         key = _key([method, opts, [self.ref(m) for m in models], self.ref(base), samples_task,
-                    self.profile.n_candidates, code_fingerprint(*merge_code(method))])
+                    _digest(self.merge_samples(samples_task)), code_fingerprint(*merge_code(method))])
         out = self.root / "merged" / f"{name or method}-{key}"
         self._recipes[out] = (method, list(models), samples_task, base, dict(options))
         if not (out / "merge_config.json").exists():
@@ -193,7 +227,7 @@ class Run:
         from .merge.engine import merge_models
 
         method, models, samples_task, base, opts = self._recipes[out]
-        samples = self.candidate_samples(samples_task) if samples_task else None
+        samples = self.merge_samples(samples_task)
         t0 = time.time()
         merge_models(get_method(method, **opts), [self.weights_of(m) for m in models], out, base=base,
                      samples=samples, seed=self.seed, progress=self.progress, device=self.profile.device, force=True)
@@ -215,39 +249,42 @@ class Run:
             return
         drop_weights(model)
 
-    def _eval_file(self, model: Path, task: str) -> Path:
+    def _eval_file(self, model: Path, task: str, split: str = "test") -> Path:
         p = self.profile
-        key = _key([self.ref(model), task, p.n_test, p.max_text_tokens, self.seed, code_fingerprint(*EVAL_CODE)])
-        return self.root / "evals" / f"{Path(model).name}-{task}-{key}.csv"
+        ds = self.data(task)[split]
+        data = _key([list(ds["text"]), list(ds["label"])])
+        key = _key([self.ref(model), task, split, data, p.max_text_tokens, p.label_casing, p.scoring,
+                    code_fingerprint(*EVAL_CODE)])
+        tag = "" if split == "test" else f"-{split}"
+        return self.root / "evals" / f"{Path(model).name}-{task}{tag}-{key}.csv"
 
-    def evaluate(self, model: Path, task: str, loaded=None) -> pd.DataFrame:
-        """Per-example rank-classification results of ``model`` on ``task``'s test split (cached CSV).
-        ``loaded``: the (model, tokenizer) pair of ``model`` if already in memory."""
-        f = self._eval_file(model, task)
+    def evaluate(self, model: Path, task: str, loaded=None, split: str = "test") -> pd.DataFrame:
+        """Per-example rank-classification results of ``model`` on ``task``'s ``split`` (test or validation;
+        cached CSV). ``loaded``: the (model, tokenizer) pair of ``model`` if already in memory."""
+        f = self._eval_file(model, task, split)
         if f.exists():
             return pd.read_csv(f)
         from .assets import load_model
         from .scoring import score_task
-        from .tasks import get_task
 
         p = self.profile
         t0 = time.time()
         mdl, tok = loaded or load_model(self.weights_of(model), device=p.device)
-        df = score_task(mdl, tok, get_task(task), self.data(task)["test"], max_text_tokens=p.max_text_tokens,
-                        batch_size=p.eval_batch_size, progress=self.progress)
+        df = score_task(mdl, tok, self.task(task), self.data(task)[split], max_text_tokens=p.max_text_tokens,
+                        batch_size=p.eval_batch_size, progress=self.progress, scoring=p.scoring)
         atomic_write_text(f, df.to_csv(index=False))
         self._timed("evaluation", t0)
         return df
 
-    def evaluate_on(self, model: Path, tasks, **context) -> pd.DataFrame:
+    def evaluate_on(self, model: Path, tasks, split: str = "test", **context) -> pd.DataFrame:
         """Per-example results of ``model`` on several tasks (loads the model once), with context columns."""
         from .assets import load_model
 
         loaded = None
-        if any(not self._eval_file(model, t).exists() for t in tasks):
+        if any(not self._eval_file(model, t, split).exists() for t in tasks):
             loaded = load_model(self.weights_of(model), device=self.profile.device)
-        frames = [self.evaluate(model, t, loaded)[["example", "label", "pred", "correct"]].assign(task=t, **context)
-                  for t in tasks]
+        frames = [self.evaluate(model, t, loaded, split)[["example", "label", "pred", "correct"]]
+                  .assign(task=t, **context) for t in tasks]
         return pd.concat(frames, ignore_index=True)
 
     @property
@@ -282,14 +319,40 @@ def single_model(run: Run) -> pd.DataFrame:
     return df[["method", "expert_task", "task", *EXAMPLE_COLUMNS]]
 
 
-def _multi_merge(run: Run, method: str, **options) -> Path:
-    """The multi-model merge of the base and every expert (oldest first) with ``method``; for the methods that
-    read samples, M_N is the last expert and the samples come from its task (our reading of the paper)."""
+def _multi_merge(run: Run, method: str, options: dict | None = None) -> Path:
+    """The multi-model merge of the base and every expert (oldest first) with ``method`` and ``options`` (default:
+    the scenario's, tuned: ``Run.options``); for the methods that read samples, M_N is the last expert and the
+    samples come from its task (our reading of the paper), or each expert's own task with ``anchor="each"``."""
+    from .merge import get_method
+
     p = run.profile
     order = list(p.task_order)
     experts = [run.expert(t) for t in order]
-    return run.merge(method, experts, samples_task=order[-1], name=f"multi-{method}",
-                     **{**p.options_for("multi", method), **options})
+    opts = run.options("multi", method) if options is None else options
+    each = get_method(method, **opts).options().get("anchor") == "each"
+    return run.merge(method, experts, samples_task=order if each else order[-1], name=f"multi-{method}", **opts)
+
+
+def multi_tuning(run: Run) -> pd.DataFrame:
+    """The ``multi_tuning`` table (``recall.tuning.tune_multi``; cached units, so a second call only reads)."""
+    from .tuning import COLUMNS, tune_multi
+
+    if "multi" not in run._tuning:
+        p = run.profile
+        run._tuning["multi"] = tune_multi(run, p.multi_methods) if p.tune else pd.DataFrame(columns=COLUMNS)
+    return run._tuning["multi"]
+
+
+def sequential_tuning(run: Run, task_order: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The ``seq_tuning`` table of ``task_order`` (``recall.tuning.tune_sequential``)."""
+    from .tuning import COLUMNS, tune_sequential
+
+    p = run.profile
+    order = tuple(task_order or p.task_order)
+    if ("sequential", order) not in run._tuning:
+        run._tuning["sequential", order] = (tune_sequential(run, order, p.sequential_methods) if p.tune
+                                            else pd.DataFrame(columns=COLUMNS))
+    return run._tuning["sequential", order]
 
 
 def multi_model(run: Run) -> pd.DataFrame:
@@ -323,15 +386,18 @@ def multi_recall_weights(run: Run) -> pd.DataFrame:
 
 def sequential(run: Run, task_order: tuple[str, ...] | None = None,
                methods: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Sequential fine-tuning over ``task_order``: after step t the model is scored on every task of the
-    order (the full R matrix) and, at the last step, on the unseen tasks.
+    """Sequential fine-tuning over ``task_order``: after step t the model is scored on tasks 1..t+1 of the order
+    (the lower triangle of R, its diagonal and the superdiagonal that FWT reads) and, at the last step, on every
+    task and the unseen tasks.
 
     Methods: "sft" (plain sequential LoRA fine-tuning), "ewc" (EWC penalty), or a merge method: after
     fine-tuning task t from the current model, merge {current, new} with typical samples of task t
-    (the notes' protocol; the base model is the reference for task-vector methods).
+    (the notes' protocol; the base model is the reference for task-vector methods), or, for a method whose
+    ``sequential_pool`` is "history" (``recall_history``), {base, M_1..M_t}: every step's fine-tuned model.
     Returns the ``seq_examples`` table: method, step (1..T), task, example, label, pred, correct.
     """
     from .catalog import TRAINING
+    from .merge import get_method_class
     from .training import sequential_finetune
 
     p = run.profile
@@ -341,17 +407,21 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
     frames = []
     for m in methods:
         ewc = m == "ewc"
-        cfg = p.train_config(run.seed, **({"ewc_lambda": p.ewc_lambda, "ewc_samples": p.ewc_samples} if ewc else {}))
-        opts = {} if m in TRAINING else p.options_for("sequential", m)
+        tuned = run.options("sequential", m, order)
+        cfg = p.train_config(run.seed, **({"ewc_lambda": tuned.get("ewc_lambda", p.ewc_lambda),
+                                            "ewc_samples": p.ewc_samples} if ewc else {}))
+        opts = {} if m in TRAINING else tuned
         code = code_fingerprint(*TRAIN_CODE) + ("" if m in TRAINING else code_fingerprint(*merge_code(m)))
         root = run.root / "sequential" / f"{m}-{'-'.join(order)}-{_key([cfg.to_dict(), opts, code])}"
-        state = {"current": run.base}  # the model the next step starts from
+        state = {"current": run.base, "history": []}  # the model the next step starts from; M_1..M_t
+        history = m not in TRAINING and get_method_class(m).sequential_pool == "history"
 
-        def after(step, task, ckpt, m=m, state=state, opts=opts):
+        def after(step, task, ckpt, m=m, state=state, opts=opts, history=history):
             if m in TRAINING:
                 return None
-            merged = run.merge(m, [state["current"], ckpt], samples_task=task, name=f"seq-{m}-step{step}-{task}",
-                               **opts)
+            state["history"].append(ckpt)
+            pool = list(state["history"]) if history else [state["current"], ckpt]
+            merged = run.merge(m, pool, samples_task=task, name=f"seq-{m}-step{step}-{task}", **opts)
             state["current"] = merged
             return merged
 
@@ -360,7 +430,8 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
                                     progress=run.progress)
         run._timed("training", t0)
         for i, model in enumerate(steps, 1):
-            tasks = order + (tuple(p.unseen) if i == len(order) else ())
+            # the tasks learned so far and the next one (what AP, BWT, FWT and forgetting read), at the end all
+            tasks = order[: i + 1] + (tuple(p.unseen) if i == len(order) else ())
             frames.append(run.evaluate_on(model, tasks, method=m, step=i))
     df = pd.concat(frames, ignore_index=True)
     return df[["method", "step", "task", *EXAMPLE_COLUMNS]]
@@ -380,11 +451,33 @@ def ablations(run: Run) -> pd.DataFrame:
     frames = []
     for name in ("default",) + tuple(p.ablations):
         merged = run.merge("recall", experts, samples_task=order[-1], name=f"ablation-{name}",
-                           **{**p.options_for("multi", "recall"), **ABLATIONS[name]})
+                           **{**run.options("multi", "recall"), **ABLATIONS[name]})
         frames.append(run.evaluate_on(merged, p.tasks, variant=name))
         run.release(merged)
     df = pd.concat(frames, ignore_index=True)
     return df[["variant", "task", *EXAMPLE_COLUMNS]]
+
+
+READINGS = ("default", "literal", "sklearn_rbf", "prompt_pooling")  # the readings the method page compares
+
+
+def recall_diagnostics(run: Run) -> pd.DataFrame:
+    """The ``recall_diagnostics`` table: the diagnostics (``recall_diagnostics.csv``) of the multi-model RECALL
+    merge of each reading in ``READINGS`` that the profile runs (the ablations' merges: cached), pool models named
+    ``base`` and ``expert-<task>``."""
+    p = run.profile
+    order = list(p.task_order)
+    names = {"base": "base", **{f"model {i}": f"expert-{t}" for i, t in enumerate(order)}}
+    frames = []
+    for name in READINGS:
+        if name != "default" and name not in p.ablations:
+            continue
+        merged = run.merge("recall", [run.expert(t) for t in order], samples_task=order[-1],
+                           name=f"ablation-{name}", **{**run.options("multi", "recall"), **ABLATIONS[name]})
+        d = pd.read_csv(merged / "recall_diagnostics.csv")
+        frames.append(d.assign(variant=name, anchor=d["anchor"].map(names), model=d["model"].map(names)))
+    cols = ["variant", "layer", "anchor", "model", "D", "S", "delta", "similarity", "weight"]
+    return pd.concat(frames, ignore_index=True)[cols]
 
 
 def merge_weights(path: Path) -> pd.DataFrame:
@@ -407,14 +500,13 @@ def representation_analysis(run: Run, n_samples: int = 32) -> dict[str, pd.DataF
     from .representations import layer_representations
     from .similarity import adjacent_layer_similarity, similarity_matrix
     from .tables import probes_per_task
-    from .tasks import get_task
 
     p = run.profile
     per = probes_per_task(n_samples, len(p.tasks))
     texts = []
     for t in p.tasks:
         ds = run.data(t)["test"]
-        texts += [get_task(t).prompt(x, run.tokenizer, p.max_text_tokens) for x in ds["text"][:per]]
+        texts += [run.task(t).prompt(x, run.tokenizer, p.max_text_tokens) for x in ds["text"][:per]]
     null_name = f"expert-{p.tasks[0]}-seed{run.seed + 1}"
     names = ["base"] + [f"expert-{t}" for t in p.tasks] + [null_name]
     paths = [run.base] + [run.expert(t) for t in p.tasks] + [run.expert(p.tasks[0], seed=run.seed + 1)]

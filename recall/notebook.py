@@ -17,10 +17,11 @@ Results of a seed other than 0 or a task order other than the profile's go to th
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pandas as pd
 
-from . import plots, tables
+from . import plots, progress, tables
 from .experiments import Run
 from .profiles import check_task_order, get_profile
 from .results import Results, subdir_for
@@ -37,6 +38,23 @@ def quiet() -> None:
     transformers.logging.disable_progress_bar()
 
 
+class TalkingRun(Run):
+    """A ``Run`` that names the unit it computes in the progress lines of ``recall.progress`` (training, merging,
+    scoring); what it computes is ``Run``'s."""
+
+    def train(self, start, tasks, name, *args, **kwargs):
+        with progress.unit(f"training {name}"):
+            return super().train(start, tasks, name, *args, **kwargs)
+
+    def merge(self, method, models, *args, **kwargs):
+        with progress.unit(f"merging {kwargs.get('name') or method}"):
+            return super().merge(method, models, *args, **kwargs)
+
+    def evaluate(self, model, task, *args, **kwargs):
+        with progress.unit(f"scoring {Path(model).name.rsplit('-', 1)[0]} on {task}"):
+            return super().evaluate(model, task, *args, **kwargs)
+
+
 class Notebook:
     """One notebook run: profile, ``Run`` (cached units), ``Results`` folder and the tables written so far."""
 
@@ -49,7 +67,8 @@ class Notebook:
         if "task_order" in params:
             params["task_order"] = list(self.task_order)
         self.params = {"profile": profile, "seed": seed, **params}
-        self.run = Run(self.profile, seed=seed, progress=False)
+        talk = progress.install()  # under recall.replicate: bars become progress lines, not notebook output
+        self.run = (TalkingRun if talk else Run)(self.profile, seed=seed, progress=talk)
         self.res = Results(profile, name, subdir=subdir_for(seed, self.task_order, self.profile.task_order))
         self.table_params = tables.Params.of(self.profile, seed, **params)
         self.tables: dict[str, pd.DataFrame] = {}
@@ -58,15 +77,6 @@ class Notebook:
         """Write measured tables (from ``recall.experiments``)."""
         self.res.write(**measured)
         self.tables.update(measured)
-
-    def include(self, name: str) -> bool:
-        """Use table ``name`` written by another program into the profile's folder (the merge-speed benchmark),
-        if it exists there; it is listed among this run's files. Returns whether it exists."""
-        path = self.res.profile_dir / f"{name}.csv"
-        if path.is_file():
-            self.tables[name] = tables.read(path, name)
-            self.res.files.append(path.name)
-        return path.is_file()
 
     def derive(self) -> dict[str, pd.DataFrame]:
         """Compute, write and keep this notebook's derived tables (``recall.tables.derive``)."""

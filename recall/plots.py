@@ -5,6 +5,11 @@ Every function takes the tables the notebooks write (the outputs of ``recall.exp
 figures are built on ``Figure`` objects directly, so they work under the Agg backend, are not shown
 twice in a notebook and are freed when dropped. Save them with ``recall.results.Results.figure``.
 
+Sized for the page: one idea per figure, at most ``WIDTH`` inches wide (the book's content column at
+96 px per inch) and no text under ``MIN_FONT`` points, so a figure shown at its natural size in the
+book reads like the text around it; the PNG is saved at ``DPI`` dots per inch, and the book links each
+figure to that full-resolution file.
+
 One style for all: seaborn's whitegrid theme (applied inside each call, the global rcParams stay as
 they are), one colour per method across all figures (RECALL always red), readable method and task
 names (``method_label``, ``task_label``), and titles that name the profile and the model
@@ -13,13 +18,15 @@ tables (columns ``estimate, low, high``); accuracies are plotted in percent. Lab
 from ``recall.catalog``.
 
 ``figures(notebook, tables, ...)`` makes every figure of one notebook from its tables (``FIGURES``
-names them): the notebooks call it and nothing else.
+names them; ``SOURCES`` names the tables each figure is drawn from): the notebooks call it and
+nothing else.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
@@ -34,6 +41,9 @@ from .catalog import label as method_label
 from .catalog import task_label
 
 __all__ = [
+    "WIDTH",
+    "MIN_FONT",
+    "DPI",
     "method_label",
     "task_label",
     "model_label",
@@ -42,17 +52,25 @@ __all__ = [
     "layer_similarity",
     "adjacent_similarity",
     "similarity_to_base",
-    "interexpert_similarity",
+    "interexpert_curve",
+    "interexpert_heatmaps",
     "method_accuracy",
     "difference_forest",
+    "ablation_means",
+    "ablation_tasks",
     "weights_heatmap",
-    "r_matrix_heatmaps",
+    "r_matrix_heatmap",
     "forgetting_curves",
-    "ablation_plot",
     "efficiency_plot",
     "FIGURES",
+    "SOURCES",
+    "sources",
     "figures",
 ]
+
+WIDTH = 7.0  # inches: the book's content column (about 690 px at 1280 px) at 96 px per inch
+MIN_FONT = 9.0  # points: the smallest text of any figure at that size
+DPI = 200  # of the saved PNG (the full-resolution file the book links to)
 
 MODEL_LABELS = {"tiny": "tiny random Llama", "smollm2": "SmolLM2-135M-Instruct"}
 
@@ -78,8 +96,10 @@ def where(profile, model: str | None = None) -> str:
 
 def _rc() -> dict:
     rc = dict(sns.axes_style("whitegrid"))
-    rc.update(sns.plotting_context("notebook", font_scale=0.85))
-    rc.update({"figure.dpi": 100, "axes.titleweight": "bold", "axes.titlesize": 11, "figure.titlesize": 12,
+    rc.update(sns.plotting_context("notebook"))
+    rc.update({"figure.dpi": 100, "savefig.dpi": DPI, "font.size": 10, "axes.titlesize": 10,
+               "axes.titleweight": "bold", "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+               "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11,
                "legend.frameon": False, "svg.fonttype": "none"})
     return rc
 
@@ -93,17 +113,26 @@ def _styled(fn):
     return wrapper
 
 
-def _figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
+def _figure(height: float, width: float = WIDTH) -> Figure:
+    return Figure(figsize=(min(width, WIDTH), height), layout="constrained")
 
 
 def _suptitle(fig: Figure, title: str, subtitle: str | None) -> None:
     fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""))
 
 
-def _grid(fig: Figure, n: int, ncols: int, sharey: bool = False):
+def _legend_below(fig: Figure, ax, ncols: int = 4, title: str | None = None) -> None:
+    """The legend of ``ax``'s artists under the axes, across the figure."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), title=title)
+
+
+def _grid(fig: Figure, n: int, ncols: int, sharey: bool = False, sharex: bool = False):
     nrows = math.ceil(n / ncols)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=sharey, squeeze=False)).ravel()
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=sharey, sharex=sharex, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
     return axes[:n]
@@ -115,6 +144,10 @@ def _pct(df: pd.DataFrame, cols=("estimate", "low", "high"), scale: float = 100.
         if c in out:
             out[c] = out[c].astype(float) * scale
     return out
+
+
+def _xerr(row) -> list:
+    return [[max(0, row["estimate"] - row["low"])], [max(0, row["high"] - row["estimate"])]]
 
 
 # ---------------------------------------------------------------------------------- representations
@@ -135,28 +168,29 @@ def similarity_to_base(to_base: pd.DataFrame, subtitle: str | None = None) -> Fi
 
 
 @_styled
-def layer_similarity(adjacent: pd.DataFrame, subtitle: str | None = None, title: str = "Similarity per layer",
+def layer_similarity(table: pd.DataFrame, subtitle: str | None = None, title: str = "Similarity per layer",
                      xlabel: str = "layer") -> Figure:
-    """Lines of similarity against layer, one per model, one panel per measure (columns ``model, layer,
-    measure, similarity``)."""
-    measures = list(pd.unique(adjacent["measure"]))
-    fig = _figure(5.2 * len(measures), 3.8)
-    axes = _grid(fig, len(measures), len(measures))
-    models = list(pd.unique(adjacent["model"]))
+    """Lines of similarity against layer, one per model; one panel per measure, stacked (columns ``model,
+    layer, measure, similarity``)."""
+    measures = list(pd.unique(table["measure"]))
+    fig = _figure(1.5 + 2.2 * len(measures))
+    axes = _grid(fig, len(measures), 1, sharex=True)
+    models = list(pd.unique(table["model"]))
     others = [m for m in models if m != "base"]
     pal = dict(zip(others, sns.color_palette("colorblind", len(others)), strict=False))
     if "base" in models:
         pal["base"] = "#222222"
     for ax, meas in zip(axes, measures, strict=False):
-        sub = adjacent[adjacent["measure"] == meas].assign(model=lambda d: d["model"].map(method_label))
+        sub = table[table["measure"] == meas].assign(model=lambda d: d["model"].map(method_label))
         sns.lineplot(data=sub, x="layer", y="similarity", hue="model", marker="o", markersize=4, ax=ax,
-                     palette={method_label(k): v for k, v in pal.items()}, legend=ax is axes[-1])
-        ax.set_title(f"{meas}")
-        ax.set_xlabel(xlabel)
+                     palette={method_label(k): v for k, v in pal.items()})
+        ax.set_title(meas)
+        ax.set_xlabel(xlabel if ax is axes[-1] else "")
         ax.set_ylabel("similarity")
         ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-    if axes[-1].get_legend() is not None:
-        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="model")
+        if ax is not axes[0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    _legend_below(fig, axes[0], ncols=4)
     _suptitle(fig, title, subtitle)
     return fig
 
@@ -170,36 +204,12 @@ def _pick_layers(layers: Sequence[int], n: int = 3) -> list[int]:
 
 
 @_styled
-def interexpert_similarity(pairwise: pd.DataFrame, curve: pd.DataFrame, subtitle: str | None = None,
-                           measure: str = "rbf", layers: Sequence[int] | None = None) -> Figure:
-    """Heatmaps of the similarity between task experts at a few layers (``measure``), and the mean
-    off-diagonal similarity against depth for every measure (with its interval where ``curve`` has
-    ``low``/``high``).
-
-    ``pairwise``: columns ``layer, model_a, model_b, measure, similarity``; ``curve``: columns
-    ``measure, layer, similarity`` (``recall.tables.interexpert_curve``), optionally ``low, high``.
-    """
-    pw = pairwise[pairwise["measure"] == measure]
-    show = list(layers) if layers is not None else _pick_layers(pw["layer"].unique()[1:] if pw["layer"].nunique() > 3
-                                                                 else pw["layer"].unique())
-    n = len(show) + 1
-    fig = _figure(3.6 * n, 3.7)
-    fig.get_layout_engine().set(w_pad=0.12)
-    axes = fig.subplots(1, n, gridspec_kw={"width_ratios": [1] * len(show) + [1.4]})
-    axes = np.atleast_1d(axes)
-    vmin = float(pw["similarity"].min()) if len(pw) else 0.0
-    for i, (ax, layer) in enumerate(zip(axes[:-1], show, strict=False)):
-        sub = pw[pw["layer"] == layer]
-        order = list(pd.unique(sub["model_a"]))
-        mat = sub.pivot(index="model_a", columns="model_b", values="similarity").reindex(index=order, columns=order)
-        labels = [method_label(m).removeprefix("Expert ") for m in order]
-        sns.heatmap(mat, ax=ax, vmin=vmin, vmax=1.0, cmap="rocket", square=True, cbar=i == len(show) - 1,
-                    annot=len(order) <= 6, fmt=".2f", annot_kws={"size": 7}, xticklabels=labels, yticklabels=labels)
-        ax.grid(False)
-        ax.set_title(f"layer {layer}")
-        ax.set_xlabel("")
-        ax.set_ylabel("expert" if i == 0 else "")
-    ax = axes[-1]
+def interexpert_curve(curve: pd.DataFrame, subtitle: str | None = None) -> Figure:
+    """The mean similarity between task experts against depth, one line per measure, with its interval
+    where ``curve`` has ``low``/``high`` (``recall.tables.interexpert_curve``: columns ``measure, layer,
+    similarity``)."""
+    fig = _figure(3.6)
+    ax = fig.subplots()
     measures = list(pd.unique(curve["measure"]))
     pal = dict(zip(measures, sns.color_palette("dark", len(measures)), strict=False))
     for meas in measures:
@@ -209,10 +219,41 @@ def interexpert_similarity(pairwise: pd.DataFrame, curve: pd.DataFrame, subtitle
             ax.fill_between(sub["layer"], sub["low"], sub["high"], color=pal[meas], alpha=0.2, lw=0)
     ax.set_xlabel("layer (0 = embedding output)")
     ax.set_ylabel("mean similarity between experts")
-    ax.set_title("shallow agree, deep diverge?")
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.legend(title="measure", loc="best")
-    _suptitle(fig, f"Similarity between task experts ({measure} heatmaps)", subtitle)
+    _suptitle(fig, "Do experts agree in shallow layers and diverge in deep ones?", subtitle)
+    return fig
+
+
+@_styled
+def interexpert_heatmaps(pairwise: pd.DataFrame, subtitle: str | None = None, measure: str = "rbf",
+                         layers: Sequence[int] | None = None) -> Figure:
+    """Heatmaps of the similarity between every pair of task experts (``measure``) at a few layers (first,
+    middle and last block by default), on one colour scale. ``pairwise``: columns ``layer, model_a, model_b,
+    measure, similarity``."""
+    pw = pairwise[pairwise["measure"] == measure]
+    all_layers = pw["layer"].unique()
+    show = list(layers) if layers is not None else _pick_layers(all_layers[1:] if len(all_layers) > 3
+                                                                 else all_layers)
+    fig = _figure(3.3)
+    axes = np.atleast_1d(fig.subplots(1, len(show), sharey=True))
+    vmin = float(pw["similarity"].min()) if len(pw) else 0.0
+    for i, (ax, layer) in enumerate(zip(axes, show, strict=False)):
+        sub = pw[pw["layer"] == layer]
+        order = list(pd.unique(sub["model_a"]))
+        mat = sub.pivot(index="model_a", columns="model_b", values="similarity").reindex(index=order, columns=order)
+        labels = [method_label(m).removeprefix("Expert ") for m in order]
+        sns.heatmap(mat, ax=ax, vmin=vmin, vmax=1.0, cmap="rocket", square=True, cbar=i == len(show) - 1,
+                    cbar_kws={"label": f"{measure} similarity", "shrink": 0.8},
+                    annot=len(order) <= 5, fmt=".2f", annot_kws={"size": MIN_FONT},
+                    xticklabels=labels, yticklabels=labels)
+        ax.grid(False)
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("")
+        ax.set_ylabel("expert" if i == 0 else "")
+        ax.tick_params(axis="x", rotation=90)
+        ax.tick_params(axis="y", rotation=0)
+    _suptitle(fig, f"Similarity between task experts ({measure})", subtitle)
     return fig
 
 
@@ -232,42 +273,38 @@ def _dodged_points(ax, table: pd.DataFrame, hue: str, x: str, x_order: list, hue
         hi = sub["high"].to_numpy(dtype=float) * scale
         yerr = np.vstack([np.clip(est - lo, 0, None), np.clip(hi - est, 0, None)])
         strong = str(h) in ("recall", "default")
-        ax.errorbar(xs, est, yerr=yerr, fmt="D" if strong else "o", ms=6 if strong else 4.5, capsize=2.5,
+        ax.errorbar(xs, est, yerr=yerr, fmt="D" if strong else "o", ms=5.5 if strong else 4, capsize=2,
                     lw=1.6 if strong else 1.0, color=colors[h], label=(labels or {}).get(h, method_label(h)),
                     zorder=3 if strong else 2)
     ax.set_xticks(np.arange(len(x_order)))
     ax.set_xticklabels([task_label(t) for t in x_order])
+    ax.grid(False, axis="x")
     for i in range(len(x_order) - 1):
-        ax.axvline(i + 0.5, color="#dddddd", lw=0.8, zorder=0)
+        ax.axvline(i + 0.5, color="#cccccc", lw=0.8, zorder=0)
 
 
 @_styled
-def method_accuracy(tables: pd.DataFrame | Mapping[str, pd.DataFrame], subtitle: str | None = None,
-                    title: str = "Accuracy per method", methods: Sequence | None = None,
-                    hue: str = "method", ylabel: str = "accuracy (%)", chance: Mapping | None = None) -> Figure:
-    """Accuracy per task (and the task mean) per method with 95% intervals: the output of
-    ``recall.cl_metrics.method_table_ci`` (columns ``method, task, estimate, low, high``). Several
-    tables (a mapping panel title -> table) give one panel each, stacked."""
-    panels = tables if isinstance(tables, Mapping) else {"": tables}
-    all_methods = list(methods) if methods is not None else list(
-        pd.unique(pd.concat([t[hue] for t in panels.values()], ignore_index=True)))
-    colors = method_colors(all_methods)
-    widths = [t["task"].nunique() for t in panels.values()]
-    fig = _figure(max(6.5, 1.0 + 0.35 * len(all_methods) * max(widths) * 0.55 + 1.5), 3.3 * len(panels) + 0.6)
-    axes = _grid(fig, len(panels), 1)
-    for ax, (name, table) in zip(axes, panels.items(), strict=False):
-        tasks = [t for t in pd.unique(table["task"]) if t != "mean"] + (["mean"] if (table["task"] == "mean").any()
-                                                                         else [])
-        present = [m for m in all_methods if m in set(table[hue])]
-        _dodged_points(ax, table, hue, "task", tasks, present, colors)
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel("")
-        ax.set_title(name)
-        if chance:
-            for i, t in enumerate(tasks):
-                if t in chance:
-                    ax.hlines(100 * chance[t], i - 0.45, i + 0.45, color="#999999", ls=":", lw=1)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+def method_accuracy(table: pd.DataFrame, subtitle: str | None = None, title: str = "Accuracy per method",
+                    methods: Sequence | None = None, hue: str = "method", ylabel: str = "accuracy (%)",
+                    chance: Mapping | None = None) -> Figure:
+    """Accuracy per task (and the task mean, last) per method with 95% intervals: the output of
+    ``recall.cl_metrics.method_table_ci`` (columns ``method, task, estimate, low, high``); the legend
+    under the axes."""
+    order = list(methods) if methods is not None else list(pd.unique(table[hue]))
+    colors = method_colors(order)
+    fig = _figure(4.4)
+    ax = fig.subplots()
+    tasks = [t for t in pd.unique(table["task"]) if t != "mean"] + (["mean"] if (table["task"] == "mean").any()
+                                                                     else [])
+    present = [m for m in order if m in set(table[hue])]
+    _dodged_points(ax, table, hue, "task", tasks, present, colors)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("")
+    if chance:
+        for i, t in enumerate(tasks):
+            if t in chance:
+                ax.hlines(100 * chance[t], i - 0.45, i + 0.45, color="#999999", ls=":", lw=1)
+    _legend_below(fig, ax, ncols=4)
     _suptitle(fig, title, subtitle)
     return fig
 
@@ -277,18 +314,17 @@ def difference_forest(diffs: pd.DataFrame, subtitle: str | None = None,
                       title: str = "Paired differences (95% bootstrap intervals)", label: str = "comparison",
                       xlabel: str = "difference (percentage points)", scale: float = 100.0) -> Figure:
     """Forest plot of paired differences: one row per ``label`` value (columns ``estimate, low, high``);
-    an interval left or right of the zero line is a significant difference."""
+    an interval left or right of the zero line is a significant difference (green: above zero, red:
+    below)."""
     d = _pct(diffs.reset_index(drop=True), scale=scale)
-    fig = _figure(6.5, 0.9 + 0.32 * len(d))
+    fig = _figure(1.3 + 0.3 * len(d))
     ax = fig.subplots()
     y = np.arange(len(d))[::-1]
     sig_pos = (d["low"] > 0).to_numpy()
     sig_neg = (d["high"] < 0).to_numpy()
     colors = np.where(sig_pos, "#1a7f37", np.where(sig_neg, _RECALL_RED, "#555555"))
     for yi, (_, row), c in zip(y, d.iterrows(), colors, strict=False):
-        ax.errorbar(row["estimate"], yi, xerr=[[max(0, row["estimate"] - row["low"])],
-                                               [max(0, row["high"] - row["estimate"])]],
-                    fmt="o", color=c, capsize=2.5, ms=4.5)
+        ax.errorbar(row["estimate"], yi, xerr=_xerr(row), fmt="o", color=c, capsize=2.5, ms=4.5)
     ax.axvline(0, color="#333333", lw=0.9)
     ax.set_yticks(y)
     ax.set_yticklabels([str(v) for v in d[label]])
@@ -297,44 +333,56 @@ def difference_forest(diffs: pd.DataFrame, subtitle: str | None = None,
     return fig
 
 
+def _variants(table: pd.DataFrame, hue: str) -> list:
+    variants = list(pd.unique(table[hue]))
+    return ["default"] + [v for v in variants if v != "default"] if "default" in variants else variants
+
+
 @_styled
-def ablation_plot(table: pd.DataFrame, subtitle: str | None = None, hue: str = "variant",
-                  title: str = "RECALL ablations: mean accuracy over the training tasks") -> Figure:
+def ablation_means(table: pd.DataFrame, subtitle: str | None = None, hue: str = "variant",
+                   title: str = "RECALL ablations: mean accuracy over the training tasks") -> Figure:
     """Mean accuracy per ablation variant with 95% intervals (rows ``task == "mean"`` of a
-    ``method_table_ci`` table whose method column is ``hue``), the default first and its estimate as
-    a dashed line, and per-task points beside it."""
+    ``method_table_ci`` table whose method column is ``hue``), the default first, red, and its estimate
+    as a dashed line."""
     mean = table[table["task"] == "mean"].reset_index(drop=True)
-    variants = list(mean[hue])
-    if "default" in variants:
-        variants = ["default"] + [v for v in variants if v != "default"]
-    mean = mean.set_index(hue).reindex(variants).reset_index()
-    fig = _figure(9.5, 1.2 + 0.42 * len(variants))
-    ax_mean, ax_task = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 1.4]})
+    variants = _variants(mean, hue)
+    m = _pct(mean.set_index(hue).reindex(variants).reset_index())
+    fig = _figure(1.3 + 0.32 * len(variants))
+    ax = fig.subplots()
     y = np.arange(len(variants))[::-1]
-    m = _pct(mean)
     for yi, (_, row) in zip(y, m.iterrows(), strict=False):
         c = _RECALL_RED if row[hue] == "default" else "#333333"
-        ax_mean.errorbar(row["estimate"], yi, xerr=[[max(0, row["estimate"] - row["low"])],
-                                                    [max(0, row["high"] - row["estimate"])]],
-                         fmt="D" if row[hue] == "default" else "o", color=c, capsize=2.5, ms=5)
+        ax.errorbar(row["estimate"], yi, xerr=_xerr(row), fmt="D" if row[hue] == "default" else "o", color=c,
+                    capsize=2.5, ms=5)
     if "default" in variants:
-        ax_mean.axvline(float(m.loc[m[hue] == "default", "estimate"].iloc[0]), color=_RECALL_RED, ls="--", lw=0.9)
-    ax_mean.set_yticks(y)
-    ax_mean.set_yticklabels(variants)
-    ax_mean.set_xlabel("mean accuracy (%)")
-    ax_mean.set_title("task mean")
+        ax.axvline(float(m.loc[m[hue] == "default", "estimate"].iloc[0]), color=_RECALL_RED, ls="--", lw=0.9)
+    ax.set_yticks(y)
+    ax.set_yticklabels(variants)
+    ax.set_xlabel("mean accuracy (%)")
+    _suptitle(fig, title, subtitle)
+    return fig
+
+
+@_styled
+def ablation_tasks(table: pd.DataFrame, subtitle: str | None = None, hue: str = "variant",
+                   title: str = "RECALL ablations: accuracy per training task") -> Figure:
+    """Accuracy per task of each ablation variant (rows other than the task mean of a ``method_table_ci``
+    table whose method column is ``hue``): one row per variant, one colour per task."""
     per = _pct(table[table["task"] != "mean"])
+    variants = _variants(per, hue)
     tasks = list(pd.unique(per["task"]))
     pal = dict(zip(tasks, sns.color_palette("colorblind", len(tasks)), strict=False))
-    ypos = dict(zip(variants, y, strict=False))
+    fig = _figure(1.6 + 0.32 * len(variants))
+    ax = fig.subplots()
+    ypos = dict(zip(variants, np.arange(len(variants))[::-1], strict=False))
     for j, t in enumerate(tasks):
         sub = per[per["task"] == t]
         off = (j - (len(tasks) - 1) / 2) * 0.1
-        ax_task.scatter(sub["estimate"], [ypos[v] + off for v in sub[hue]], color=pal[t], s=18,
-                        label=task_label(t))
-    ax_task.set_xlabel("accuracy (%)")
-    ax_task.set_title("per task")
-    ax_task.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="task")
+        ax.scatter(sub["estimate"], [ypos[v] + off for v in sub[hue]], color=pal[t], s=20, label=task_label(t))
+    ax.set_yticks(list(ypos.values()))
+    ax.set_yticklabels(variants)
+    ax.set_xlabel("accuracy (%)")
+    _legend_below(fig, ax, ncols=len(tasks), title=None)
     _suptitle(fig, title, subtitle)
     return fig
 
@@ -345,21 +393,24 @@ def ablation_plot(table: pd.DataFrame, subtitle: str | None = None, hue: str = "
 @_styled
 def weights_heatmap(weights: pd.DataFrame, subtitle: str | None = None,
                     title: str = "RECALL merge weights per layer") -> Figure:
-    """Heatmap of a layer-wise weights table (rows: layers, columns: models; ``recall_weights.csv``)."""
-    w = weights.copy()
-    w.columns = [method_label(c) for c in w.columns]
-    n_layers, n_models = w.shape
-    fig = _figure(2.2 + 0.9 * n_models, 1.4 + min(0.26 * n_layers, 9))
+    """Heatmap of a layer-wise weights table (rows: layers, columns: models; ``recall_weights.csv``), drawn
+    with the layers across and the models down; white is the uniform weight."""
+    w = weights.copy().T
+    w.index = [method_label(c) for c in w.index]
+    n_models, n_layers = w.shape
+    fig = _figure(1.7 + 0.32 * n_models)
     ax = fig.subplots()
     uniform = 1.0 / n_models
     span = max(float(np.nanmax(np.abs(w.to_numpy() - uniform))), 1e-6)
     sns.heatmap(w, ax=ax, cmap="vlag", center=uniform, vmin=max(0.0, uniform - span), vmax=min(1.0, uniform + span),
-                annot=n_layers <= 12 and n_models <= 8, fmt=".2f", annot_kws={"size": 7},
-                cbar_kws={"label": f"weight (white = uniform {uniform:.2f})"})
+                annot=n_layers <= 8 and n_models <= 8, fmt=".2f", annot_kws={"size": MIN_FONT},
+                cbar_kws={"label": f"weight\n(white: uniform {uniform:.2f})"},
+                xticklabels=max(1, n_layers // 10))
     ax.grid(False)
-    ax.set_xlabel("model (oldest first; the last is M_N)")
-    ax.set_ylabel("layer (0 = embeddings)")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("")
+    ax.tick_params(axis="x", rotation=0)
+    ax.tick_params(axis="y", rotation=0)
     _suptitle(fig, title, subtitle)
     return fig
 
@@ -368,44 +419,37 @@ def weights_heatmap(weights: pd.DataFrame, subtitle: str | None = None,
 
 
 @_styled
-def r_matrix_heatmaps(rmats: Mapping[str, pd.DataFrame], subtitle: str | None = None,
-                      title: str = "Accuracy after each step (R matrix)", ncols: int = 3,
-                      n_seq: int | None = None) -> Figure:
-    """One heatmap per method: rows = steps (after training on the task of that row), columns = tasks
-    in training order, then unseen tasks (evaluated after the last step only; a white line after the
-    first ``n_seq`` columns separates them). Shared colour scale."""
-    n = len(rmats)
-    ncols = min(ncols, n)
-    first = next(iter(rmats.values()))
-    fig = _figure(ncols * (1.4 + 0.55 * first.shape[1]), math.ceil(n / ncols) * (1.2 + 0.45 * first.shape[0]) + 0.6)
-    axes = _grid(fig, n, ncols)
-    for i, (ax, (m, R)) in enumerate(zip(axes, rmats.items(), strict=False)):
-        data = R.astype(float) * 100
-        sns.heatmap(data, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".0f",
-                    annot_kws={"size": 7}, cbar=i == n - 1 or (i + 1) % ncols == 0,
-                    xticklabels=[task_label(t) for t in R.columns], yticklabels=[str(s) for s in R.index],
-                    mask=data.isna())
-        ax.grid(False)
-        if n_seq is not None and 0 < n_seq < R.shape[1]:
-            ax.axvline(n_seq, color="white", lw=3)
-        ax.set_title(method_label(m))
-        ax.set_xlabel("evaluated on")
-        ax.set_ylabel("after step" if i % ncols == 0 else "")
-        ax.tick_params(axis="y", rotation=0)
-    _suptitle(fig, title + " (%)", subtitle)
+def r_matrix_heatmap(R: pd.DataFrame, method: str, subtitle: str | None = None, n_seq: int | None = None,
+                     title: str = "Accuracy after each step") -> Figure:
+    """One method's R matrix: rows = steps (after training on the task of that row), columns = tasks in
+    training order, then unseen tasks (evaluated after the last step only; a white line after the first
+    ``n_seq`` columns separates them); accuracy in %, on a fixed 0-100 scale."""
+    data = R.astype(float) * 100
+    fig = _figure(1.5 + 0.4 * R.shape[0], width=1.8 + 0.7 * R.shape[1])
+    ax = fig.subplots()
+    sns.heatmap(data, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".0f", annot_kws={"size": MIN_FONT},
+                xticklabels=[task_label(t) for t in R.columns], yticklabels=[str(s) for s in R.index],
+                mask=data.isna(), cbar_kws={"label": "accuracy (%)"})
+    ax.grid(False)
+    if n_seq is not None and 0 < n_seq < R.shape[1]:
+        ax.axvline(n_seq, color="white", lw=3)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("after step")
+    ax.tick_params(axis="y", rotation=0)
+    _suptitle(fig, f"{method_label(method)}: {title}", subtitle)
     return fig
 
 
 @_styled
 def forgetting_curves(rmats: Mapping[str, pd.DataFrame], task_order: Sequence[str], subtitle: str | None = None,
-                      title: str = "Accuracy on each task across the sequence", ncols: int | None = None) -> Figure:
-    """One panel per task of the sequence: accuracy after each step, one line per method; the dotted
+                      title: str = "Accuracy on each task across the sequence", ncols: int = 3) -> Figure:
+    """One small panel per task of the sequence: accuracy after each step, one line per method; the dotted
     line marks the step that trained the task (drops after it are forgetting)."""
     tasks = list(task_order)
-    ncols = ncols or min(len(tasks), 5)
+    ncols = min(ncols, len(tasks))
     methods = list(rmats)
     colors = method_colors(methods)
-    fig = _figure(2.9 * ncols + 1.6, 2.9 * math.ceil(len(tasks) / ncols) + 0.6)
+    fig = _figure(1.4 + 2.0 * math.ceil(len(tasks) / ncols))
     axes = _grid(fig, len(tasks), ncols, sharey=True)
     for i, (ax, t) in enumerate(zip(axes, tasks, strict=False)):
         for m in methods:
@@ -417,10 +461,10 @@ def forgetting_curves(rmats: Mapping[str, pd.DataFrame], task_order: Sequence[st
         ax.axvline(i + 1, color="#999999", ls=":", lw=1)
         ax.set_title(task_label(t))
         ax.set_xticks(np.arange(1, len(tasks) + 1))
-        ax.set_xlabel("after step")
+        ax.set_xlabel("after step" if i >= len(tasks) - ncols else "")
         if i % ncols == 0:
             ax.set_ylabel("accuracy (%)")
-    axes[min(ncols, len(tasks)) - 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    _legend_below(fig, axes[0], ncols=len(methods))
     _suptitle(fig, title, subtitle)
     return fig
 
@@ -435,44 +479,32 @@ def _first_col(df: pd.DataFrame, *names: str) -> str:
     raise ValueError(f"table has none of the columns {names}; columns are {list(df.columns)}")
 
 
+EFFICIENCY = {"time": (("wall_s", "seconds"), "wall time (s)", "Merge time by number of models"),
+              "memory": (("peak_rss_mib", "peak_rss_growth_mib"), "peak RSS (MiB)",
+                         "Merge memory by number of models")}
+
+
 @_styled
-def efficiency_plot(eff: pd.DataFrame, subtitle: str | None = None, bench: pd.DataFrame | None = None,
-                    title: str = "Merge cost") -> Figure:
-    """Wall time and peak memory of the layer-wise merge against the number of models per engine
-    (``recall.experiments.efficiency``: columns ``models, engine, wall_s, peak_rss_mib``), and, if given,
-    the merge-speed benchmark against mergekit (``benchmarks/merge_speed.py`` CSV: columns ``run, wall_s,
-    peak_rss_mib``)."""
-    n = 2 + (bench is not None)
-    fig = _figure(4.2 * n + 0.6, 3.6)
-    axes = fig.subplots(1, n)
+def efficiency_plot(eff: pd.DataFrame, subtitle: str | None = None, measure: str = "memory") -> Figure:
+    """Wall time (``measure="time"``) or peak memory (``"memory"``) of the layer-wise merge, a whole
+    process, against the number of models, one line per engine (``recall.experiments.efficiency``: columns
+    ``models, engine, wall_s, peak_rss_mib``)."""
+    if measure not in EFFICIENCY:
+        raise ValueError(f"measure must be one of {', '.join(EFFICIENCY)}, got {measure!r}")
+    names, ylabel, title = EFFICIENCY[measure]
+    col = _first_col(eff, *names)
+    fig = _figure(3.4, width=5.0)
+    ax = fig.subplots()
     engines = list(pd.unique(eff["engine"]))
     pal = dict(zip(engines, sns.color_palette("colorblind", len(engines)), strict=False))
-    t_col = _first_col(eff, "wall_s", "seconds")
-    m_col = _first_col(eff, "peak_rss_mib", "peak_rss_growth_mib")
-    for ax, col, lab in ((axes[0], t_col, "wall time (s)"),
-                         (axes[1], m_col, "peak RSS (MiB)" if m_col == "peak_rss_mib" else "peak RSS growth (MiB)")):
-        sns.lineplot(data=eff, x="models", y=col, hue="engine", marker="o", palette=pal, ax=ax,
-                     legend=ax is axes[1], errorbar=None)
-        ax.set_xlabel("models merged")
-        ax.set_ylabel(lab)
-        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-    size = f", {eff['model_mib'].iloc[0]:,.1f} MiB per model" if "model_mib" in eff and len(eff) else ""
-    axes[0].set_title("time (whole process)")
-    axes[1].set_title("memory (whole process)")
-    if axes[1].get_legend() is not None:
-        sns.move_legend(axes[1], "best", title="engine")
-    if bench is not None:
-        ax = axes[2]
-        b = bench.reset_index(drop=True)
-        y = np.arange(len(b))[::-1]
-        ax.barh(y, b["wall_s"], color=[_RECALL_RED if str(r).startswith("ours") else "#777777" for r in b["run"]])
-        ax.set_yticks(y)
-        ax.set_yticklabels(b["run"])
-        ax.set_xlabel("wall time (s)")
-        if "peak_rss_mib" in b:
-            for yi, (w, r) in zip(y, zip(b["wall_s"], b["peak_rss_mib"], strict=False), strict=False):
-                ax.annotate(f" {r:,.0f} MiB", (w, yi), va="center", fontsize=7)
-        ax.set_title("benchmark vs mergekit")
+    sns.lineplot(data=eff, x="models", y=col, hue="engine", marker="o", palette=pal, ax=ax, errorbar=None)
+    ax.set_xlabel("models merged")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "best", title="engine")
+    size = f", {eff['model_mib'].iloc[0]:,.0f} MiB per model" if "model_mib" in eff and len(eff) else ""
     _suptitle(fig, title + size, subtitle)
     return fig
 
@@ -492,57 +524,160 @@ def _scope(table: pd.DataFrame, scope: str) -> pd.DataFrame:
 
 
 def _representation_figures(t, sub, order):
-    return {"adjacent": adjacent_similarity(t["adjacent"], sub),
-            "interexpert": interexpert_similarity(t["pairwise"], t["interexpert_curve"], sub),
+    return {"interexpert": interexpert_curve(t["interexpert_curve"], sub),
+            "interexpert_layers": interexpert_heatmaps(t["pairwise"], sub),
+            "adjacent": adjacent_similarity(t["adjacent"], sub),
             "to_base": similarity_to_base(t["to_base"], sub)}
 
 
 def _single_figures(t, sub, order):
     acc = t["single_accuracy"]
-    return {"single_accuracy": method_accuracy({"own task (new-task performance)": _scope(acc, "own task"),
-                                                "unseen tasks (general ability)": _scope(acc, "unseen tasks")}, sub,
-                                               title="Single-model merging: accuracy with 95% intervals"),
+    return {"single_accuracy": method_accuracy(_scope(acc, "own task"), sub,
+                                               title="Single-model merging: accuracy on the expert's own task"),
+            "single_accuracy_unseen": method_accuracy(_scope(acc, "unseen tasks"), sub,
+                                                      title="Single-model merging: accuracy on the unseen tasks"),
             "single_diff": difference_forest(_comparisons(t["single_diff"]), sub,
-                                             title="Single-model merging: RECALL minus each method "
+                                             title="Single-model merging: RECALL minus each method\n"
                                                    "(task mean, paired 95% intervals)")}
 
 
 def _multi_figures(t, sub, order):
     return {"multi_recall_weights": weights_heatmap(t["multi_recall_weights"], sub,
                                                     title="RECALL multi-model merge: weights per layer"),
-            "multi_accuracy": method_accuracy({"training tasks": t["multi_train"], "unseen tasks": t["multi_unseen"]},
-                                              sub, title="Multi-model merging: accuracy with 95% intervals"),
+            "multi_accuracy": method_accuracy(t["multi_train"], sub,
+                                              title="Multi-model merging: accuracy on the training tasks"),
+            "multi_accuracy_unseen": method_accuracy(t["multi_unseen"], sub,
+                                                     title="Multi-model merging: accuracy on the unseen tasks"),
             "multi_diff": difference_forest(_comparisons(t["multi_diff"]), sub,
-                                            title="Multi-model merging: RECALL minus each method "
+                                            title="Multi-model merging: RECALL minus each method\n"
                                                   "(task mean, paired 95% intervals)")}
 
 
 def _sequential_figures(t, sub, order):
     R = {k.removeprefix("R_"): v for k, v in t.items() if k.startswith("R_")}
-    return {"seq_r_matrices": r_matrix_heatmaps(R, sub, n_seq=len(order),
-                                                title=f"Sequential fine-tuning, order {' > '.join(order)}: R matrix"),
-            "seq_forgetting": forgetting_curves(R, order, sub),
+    out = {f"seq_r_{m}": r_matrix_heatmap(v, m, sub, n_seq=len(order)) for m, v in R.items()}
+    return {**out, "seq_forgetting": forgetting_curves(R, order, sub),
             "seq_metrics": method_accuracy(t["seq_metrics"].rename(columns={"metric": "task"}), sub,
                                            title="Sequential fine-tuning: CL metrics with 95% intervals",
                                            ylabel="score (percentage points)")}
 
 
+READING_LABELS = {"default": "relative (default)", "literal": "literal (negative control)",
+                  "sklearn_rbf": "literal, sklearn gamma = 1/H", "prompt_pooling": "relative, whole-prompt pooling"}
+
+
+@_styled
+def reading_weights(diag: pd.DataFrame, subtitle: str | None = None) -> Figure:
+    """RECALL's weight of each pool model by layer, one panel per reading (``recall_diagnostics``); uniform
+    weights are the dotted line."""
+    variants = list(pd.unique(diag["variant"]))
+    fig = _figure(1.2 + 2.0 * len(variants))
+    axes = _grid(fig, len(variants), 1, sharex=True, sharey=True)
+    models = list(pd.unique(diag["model"]))
+    pal = {method_label(m): c for m, c in zip(models, sns.color_palette("colorblind", len(models)), strict=False)}
+    pal[method_label("base")] = "#222222"
+    for ax, v in zip(axes, variants, strict=False):
+        sub = diag[diag["variant"] == v].assign(model=lambda d: d["model"].map(method_label))
+        sns.lineplot(data=sub, x="layer", y="weight", hue="model", ax=ax, palette=pal, marker="o", markersize=3)
+        ax.axhline(1 / len(models), color="#999999", linestyle=":", linewidth=1)
+        ax.set_title(READING_LABELS.get(v, v))
+        ax.set_ylabel("weight")
+        ax.set_xlabel("layer (hidden-state index; 0 = embeddings)" if ax is axes[-1] else "")
+        if ax is not axes[0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    _legend_below(fig, axes[0], ncols=3)
+    _suptitle(fig, "RECALL's merge weights by layer, per reading (M_N = last expert)", subtitle)
+    return fig
+
+
+@_styled
+def reading_divergence(diag: pd.DataFrame, subtitle: str | None = None) -> Figure:
+    """delta = D/S of each pool model to M_N by layer (default reading), and S itself: which regime a merge is in."""
+    d = diag[(diag["variant"] == "default") & (diag["model"] != diag["anchor"])]
+    fig = _figure(5.0)
+    ax1, ax2 = _grid(fig, 2, 1, sharex=True)
+    sub = d.assign(model=lambda x: x["model"].map(method_label))
+    sns.lineplot(data=sub, x="layer", y="delta", hue="model", ax=ax1, marker="o", markersize=3,
+                 palette="colorblind")
+    ax1.set_ylabel("delta = D / S")
+    ax1.set_title("paired divergence from M_N, relative to the spread between samples")
+    s = d.drop_duplicates("layer")
+    ax2.plot(s["layer"], s["S"], marker="o", markersize=3, color="#222222")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("S (log scale)")
+    ax2.set_title("S: median squared distance between two samples (M_N)")
+    ax2.set_xlabel("layer (hidden-state index; 0 = embeddings)")
+    _legend_below(fig, ax1, ncols=3)
+    _suptitle(fig, "What RECALL's default weights are computed from", subtitle)
+    return fig
+
+
+@_styled
+def pilot_losses(losses: pd.DataFrame, subtitle: str | None = None) -> Figure:
+    """Training loss per optimizer step of every pilot expert: one panel per recipe, one line per task."""
+    recipes = list(pd.unique(losses["recipe"]))
+    fig = _figure(1.2 + 1.9 * len(recipes))
+    axes = _grid(fig, len(recipes), 1, sharey=True)
+    for ax, r in zip(axes, recipes, strict=False):
+        sub = losses[losses["recipe"] == r].assign(task=lambda d: d["task"].map(task_label))
+        sns.lineplot(data=sub, x="step", y="loss", hue="task", ax=ax, palette="colorblind")
+        ax.set_title(r)
+        ax.set_ylabel("answer loss")
+        if ax is not axes[0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    _legend_below(fig, axes[0], ncols=5)
+    _suptitle(fig, "Pilot: training loss of each expert", subtitle)
+    return fig
+
+
+def _pilot_figures(t, sub, order):
+    return {"pilot_losses": pilot_losses(t["pilot_losses"], sub)} if len(t.get("pilot_losses", ())) else {}
+
+
 def _ablation_figures(t, sub, order):
     d = t["ablation_diff"]
     d = d[d["task"] == "mean"].assign(comparison=lambda x: x["variant"] + " - default")
-    return {"ablation_accuracy": ablation_plot(t["ablation_accuracy"], sub),
-            "ablation_diff": difference_forest(d, sub, title="Ablations: variant minus default (task mean, paired "
-                                                             "95% intervals)")}
+    return {"ablation_accuracy": ablation_means(t["ablation_accuracy"], sub),
+            "ablation_tasks": ablation_tasks(t["ablation_accuracy"], sub),
+            "ablation_diff": difference_forest(d, sub, title="Ablations: variant minus default\n(task mean, "
+                                                             "paired 95% intervals)"),
+            **({"recall_readings": reading_weights(t["recall_diagnostics"], sub),
+                "recall_divergence": reading_divergence(t["recall_diagnostics"], sub)}
+               if len(t.get("recall_diagnostics", ())) else {})}
 
 
 def _efficiency_figures(t, sub, order):
-    return {"efficiency": efficiency_plot(t["efficiency"], sub, bench=t.get("merge_speed"))}
+    return {f"efficiency_{m}": efficiency_plot(t["efficiency"], sub, m) for m in ("memory", "time")}
 
 
 # notebook -> function(tables, subtitle, task order) -> {figure name: Figure}
-FIGURES = {"01_representations": _representation_figures, "02_single_model": _single_figures,
-           "03_multi_model": _multi_figures, "04_sequential": _sequential_figures, "05_ablations": _ablation_figures,
-           "06_efficiency": _efficiency_figures}
+FIGURES = {"00_pilot": _pilot_figures, "01_representations": _representation_figures,
+           "02_single_model": _single_figures, "03_multi_model": _multi_figures, "04_sequential": _sequential_figures,
+           "05_ablations": _ablation_figures, "06_efficiency": _efficiency_figures}
+
+# figure -> the tables it is drawn from ("{method}": the method of the figure's name; "*": every one there is)
+SOURCES = {"interexpert": ("interexpert_curve",), "interexpert_layers": ("pairwise",), "adjacent": ("adjacent",),
+           "to_base": ("to_base",), "single_accuracy": ("single_accuracy",),
+           "single_accuracy_unseen": ("single_accuracy",), "single_diff": ("single_diff",),
+           "multi_recall_weights": ("multi_recall_weights",), "multi_accuracy": ("multi_train",),
+           "multi_accuracy_unseen": ("multi_unseen",), "multi_diff": ("multi_diff",),
+           "seq_r_{method}": ("R_{method}",), "seq_forgetting": ("R_*",), "seq_metrics": ("seq_metrics",),
+           "ablation_accuracy": ("ablation_accuracy",), "ablation_tasks": ("ablation_accuracy",),
+           "ablation_diff": ("ablation_diff",), "efficiency_memory": ("efficiency",),
+           "efficiency_time": ("efficiency",), "recall_readings": ("recall_diagnostics",),
+           "recall_divergence": ("recall_diagnostics",), "pilot_losses": ("pilot_losses",)}
+
+
+def sources(figure: str) -> tuple[str, ...]:
+    """The tables figure ``figure`` is drawn from (``SOURCES``; ``seq_r_sft`` -> ``R_sft``); ``R_*`` stands
+    for every R matrix of the folder."""
+    if figure in SOURCES:
+        return SOURCES[figure]
+    for pattern, tables in SOURCES.items():
+        m = re.fullmatch(re.sub(r"\{(\w+)\}", r"(?P<\1>[A-Za-z0-9_.-]+)", pattern), figure)
+        if "{" in pattern and m:
+            return tuple(t.format(**m.groupdict()) for t in tables)
+    raise KeyError(f"no figure named {figure!r} in recall.plots.SOURCES")
 
 
 def figures(notebook: str, tables: Mapping[str, pd.DataFrame], subtitle: str | None = None,

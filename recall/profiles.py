@@ -26,11 +26,15 @@ ORDERS = {
 }
 ALL_MERGES = merge_methods()  # RECALL and every registered merging baseline
 SCENARIOS = ("single", "multi", "sequential")
-# options of the merge methods per scenario, over the registry defaults (RECALL's k is the profile's recall_k):
-# single-model merging averages the expert with its base (a pool of one expert would return it unchanged);
-# the sequential merges pool {current, new} without the base
+# options of the merge methods per scenario, over the registry defaults (the k of RECALL and its variants is the
+# profile's recall_k): single-model merging averages the expert with its base (a pool of one expert would return
+# it unchanged); the sequential merges pool {current, new} without the base (so ``uniform`` there is the
+# fixed-0.5 average chain); recall_history pools {base, M_1..M_t}
 DEFAULT_METHOD_OPTIONS = {"single": {"average": {"include_base": True}},
-                          "sequential": {"recall": {"include_base": False}}}
+                          "sequential": {"recall": {"include_base": False}, "uniform": {"include_base": False}}}
+# the controls that isolate RECALL's weighting from its pool (recall.catalog.merge_controls)
+MULTI_CONTROLS = ("uniform", "recall_symmetric")
+SEQUENTIAL_CONTROLS = ("uniform", "recall_history")
 
 
 def check_task_order(profile, order) -> tuple[str, ...]:
@@ -72,6 +76,7 @@ class Profile:
     batch_size: int = 8
     lr: float | None = None
     lora_r: int = 8
+    lora_alpha: float = 16.0
     ewc_lambda: float = 5000.0
     ewc_samples: int | None = 32
     # merging
@@ -83,15 +88,19 @@ class Profile:
     # them, about 0.5 GB each for SmolLM2-135M; the folder keeps its config, card and weights table)
     keep_merged: bool = False
     single_methods: tuple[str, ...] = ALL_MERGES
-    multi_methods: tuple[str, ...] = ALL_MERGES
-    sequential_methods: tuple[str, ...] = ("sft", "ewc", "recall", "average", "task_arithmetic")
+    multi_methods: tuple[str, ...] = ALL_MERGES + MULTI_CONTROLS
+    sequential_methods: tuple[str, ...] = ("sft", "ewc", "recall", "average", "task_arithmetic") + SEQUENTIAL_CONTROLS
     multitask: bool = True
-    ablations: tuple[str, ...] = ("random_samples", "k_small", "cka_linear", "cosine", "temp_0.1", "temp_10",
-                                  "global_weight")
+    ablations: tuple[str, ...] = ("random_samples", "k_small", "literal", "sklearn_rbf", "prompt_pooling",
+                                  "cka_linear", "cosine", "global_weight")
     # protocol
     seeds: tuple[int, ...] = (0,)
     task_order: tuple[str, ...] = ORDERS["order1"]
     extra_orders: tuple[tuple[str, ...], ...] = ()
+    # scoring (recall.scoring.SCORINGS) and label-word casing (recall.tasks.CASINGS): chosen on validation
+    scoring: str = "sum"
+    tune: bool = True  # tune every method's main knob on validation (recall.tuning; needs n_val > 0)
+    label_casing: str = "lower"
     eval_batch_size: int = 32
     n_boot: int = 1000
     device: str = "cpu"
@@ -105,6 +114,15 @@ class Profile:
         if self.recall_k > self.n_candidates or self.n_candidates > self.n_train:
             raise ValueError(f"need recall_k <= n_candidates <= n_train, got {self.recall_k}, {self.n_candidates}, "
                              f"{self.n_train}")
+        from .scoring import SCORINGS
+        from .tasks import CASINGS
+
+        if self.scoring not in SCORINGS or self.label_casing not in CASINGS:
+            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)} and label_casing one of "
+                             f"{', '.join(CASINGS)}; got {self.scoring!r}, {self.label_casing!r}")
+        if self.tune and not self.n_val:
+            raise ValueError(f"profile {self.name}: tune=True needs a validation split (n_val > 0); set n_val or "
+                             f"tune=False")
         unknown = sorted(set(self.method_options) - set(SCENARIOS))
         if unknown:
             raise ValueError(f"method_options has unknown scenario(s) {unknown}; scenarios are {list(SCENARIOS)}")
@@ -114,7 +132,9 @@ class Profile:
         RECALL's ``k`` from ``recall_k``."""
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; scenarios are {list(SCENARIOS)}")
-        opts = {"k": self.recall_k} if method == "recall" else {}
+        from .merge import method_options
+
+        opts = {"k": self.recall_k} if method.startswith("recall") and "k" in method_options(method) else {}
         opts.update(self.method_options.get(scenario, {}).get(method, {}))
         return opts
 
@@ -125,7 +145,7 @@ class Profile:
         from .training import TrainConfig
 
         kw = dict(mode=self.train_mode, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                  lora_r=self.lora_r, seed=seed, max_length=self.max_length())
+                  lora_r=self.lora_r, lora_alpha=self.lora_alpha, seed=seed, max_length=self.max_length())
         kw.update(overrides)
         return TrainConfig(**kw)
 
@@ -136,30 +156,32 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", model="tiny", tasks=("trec", "sms", "rt"), unseen=("amazon",),
-        task_order=("trec", "sms", "rt"), n_train=12, n_test=6, max_text_tokens=16, epochs=1, batch_size=4,
+        task_order=("trec", "sms", "rt"), n_train=12, n_val=6, n_test=6, max_text_tokens=16, epochs=1, batch_size=4,
         recall_k=3, n_candidates=8, ewc_lambda=10.0, ewc_samples=4, eval_batch_size=8, n_boot=50,
-        single_methods=("recall", "average", "ties"), sequential_methods=("sft", "ewc", "recall"),
+        single_methods=("recall", "average", "ties"), sequential_methods=("sft", "ewc", "recall") + SEQUENTIAL_CONTROLS,
         ablations=("random_samples", "global_weight"),
         notes="tiny random model; checks that everything runs, numbers are meaningless"),
     "quick": Profile(
-        name="quick", n_train=32, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, n_candidates=32,
+        name="quick", n_train=32, n_val=40, n_test=40, max_text_tokens=32, epochs=2, recall_k=8, n_candidates=32,
         single_methods=("recall", "average", "task_arithmetic", "ties"),
-        multi_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
-        sequential_methods=("sft", "recall"), multitask=False, ablations=("random_samples", "global_weight"),
+        multi_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail", "uniform"),
+        sequential_methods=("sft", "recall", "uniform"), multitask=False, ablations=("random_samples", "global_weight"),
         n_boot=500, notes="SmolLM2-135M, small splits; about 15 minutes on 2 cores"),
     "cpu": Profile(
-        name="cpu", n_train=64, n_test=80, max_text_tokens=40, recall_k=16, n_candidates=64,
+        name="cpu", n_train=64, n_val=100, n_test=200, max_text_tokens=40, recall_k=16, n_candidates=64,
         single_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
-        sequential_methods=("sft", "ewc", "recall"),
-        ablations=("random_samples", "k_small", "cka_linear", "bandwidth_models", "temp_0.1", "global_weight"),
+        multi_methods=ALL_MERGES + MULTI_CONTROLS, sequential_methods=("sft", "ewc", "recall") + SEQUENTIAL_CONTROLS,
+        ablations=("random_samples", "k_small", "literal", "sklearn_rbf", "prompt_pooling", "cka_linear",
+                   "global_weight"),
         notes="SmolLM2-135M on 2 CPU cores; the default of tox -e replicate"),
     "gpu": Profile(
-        name="gpu", n_train=1000, n_test=500, max_text_tokens=128, epochs=2, batch_size=16, recall_k=32,
+        name="gpu", n_train=1000, n_val=300, n_test=500, max_text_tokens=128, epochs=2, batch_size=16, recall_k=32,
         n_candidates=256, seeds=(0, 1, 2), extra_orders=(ORDERS["order2"], ORDERS["order3"]),
         sequential_methods=("sft", "ewc", "recall", "average", "task_arithmetic", "ties", "dare", "lm_cocktail",
-                            "magmax"),
-        ablations=("random_samples", "k_small", "k_large", "cka_linear", "cka_rbf", "cosine", "bandwidth_models",
-                   "temp_0.1", "temp_10", "global_weight", "centrality", "no_base"),
+                            "magmax") + SEQUENTIAL_CONTROLS,
+        ablations=("random_samples", "k_small", "k_large", "literal", "sklearn_rbf", "prompt_pooling", "cka_linear",
+                   "cka_rbf", "cosine", "bandwidth_models", "temp_0.1", "temp_10", "global_weight", "centrality",
+                   "no_base"),
         eval_batch_size=64, device="cuda", notes="paper scale on one GPU; any model via model=..."),
 }
 
@@ -172,7 +194,10 @@ ABLATIONS: dict[str, dict] = {
     "cka_linear": {"similarity": "cka_linear"},
     "cka_rbf": {"similarity": "cka_rbf"},
     "cosine": {"similarity": "cosine"},
-    "bandwidth_models": {"bandwidth": "models"},
+    "literal": {"reading": "literal"},  # the negative control: softmax of the median-heuristic RBF similarity
+    "sklearn_rbf": {"reading": "literal", "bandwidth": "hidden"},  # sklearn rbf_kernel's default gamma = 1/H
+    "prompt_pooling": {"pooling": "mean"},  # mean over the whole chat prompt, template included
+    "bandwidth_models": {"reading": "literal", "bandwidth": "models"},
     "temp_0.1": {"temperature": 0.1},
     "temp_10": {"temperature": 10.0},
     "global_weight": {"layerwise": False},

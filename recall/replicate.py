@@ -6,7 +6,7 @@
     python -m recall.replicate --profile cpu --param task_order='[trec, bbc, sms, ng, rt]'
     python -m recall.replicate --profile smoke --results-root /tmp/res   # results elsewhere (tests)
 
-First prints the profile's budget plan (``recall.profiles.plan``), then executes the notebooks of
+First prints the budget plan (``recall.profiles.plan``) of the selected notebooks, then executes the notebooks of
 ``notebooks/`` in order with papermill's Python API (kernel ``python3``, working folder ``notebooks/``,
 parameters ``profile``, ``seed`` and any extra parameter the notebook declares). Every seed of the
 profile's ``seeds`` is run (``--seed N``: only that one), and the sequential notebook also for each of the
@@ -22,9 +22,14 @@ The notebooks' sources are the ``py:percent`` files beside them (``notebooks/0*.
 ``.ipynb`` by jupytext); a notebook whose ``.ipynb`` differs from its source is refused (run
 ``jupytext --sync notebooks/0*.py``).
 
-The results root is ``--results-root``, else ``$RECALL_RESULTS``, else ``results/`` in the repository;
-the option sets ``RECALL_RESULTS`` for the kernels. A failing notebook stops the run: the error names the
-notebook and the failing cell, and the partly executed notebook is kept as ``<name>.failed.ipynb``.
+While a notebook runs, the terminal shows papermill's bar of cells and, above it, what the kernel computes
+(``recall.progress``: "training expert-trec (lora fine-tuning): step 12/48, about 3 min left", at most one
+line every 15 s); the kernels log errors only.
+
+The results root is ``--results-root``, else ``$RECALL_RESULTS``, else ``results/`` of the checkout the
+command is started in (``recall.results.checkout``); the option sets ``RECALL_RESULTS`` for the kernels.
+A failing notebook stops the run: the error names the notebook and the failing cell, and the partly
+executed notebook is kept as ``<name>.failed.ipynb``.
 
 The cache: trained models, merges and evaluations are kept in ``$RECALL_RUNS`` (default
 ``~/.cache/recall/runs``, or ``$RECALL_CACHE/runs``), keyed by their configuration and by a fingerprint of
@@ -37,20 +42,36 @@ result. To start from nothing, delete that folder (``rm -r ~/.cache/recall/runs`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
 from .fsutil import CacheBusy, cache_lock
-from .profiles import PROFILES, check_task_order, get_profile, plan
-from .results import repo_root, results_root, subdir_for
+from .profiles import PROFILES, Budget, check_task_order, get_profile, plan
+from .progress import ENV as PROGRESS_ENV
+from .results import NoCheckout, repo_root, results_root, subdir_for
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 MAX_TEXT_OUTPUT = 4000  # characters kept of each text output of the executed notebooks
+# the kernels log errors only: not ipykernel's warning "Kernel is running over TCP without encryption" (the kernel
+# listens on localhost, for this process) before every notebook
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# the rows of recall.profiles.plan each notebook computes (cached units are shared: a row counts for any of them)
+PLAN_ROWS = {"experts (one per task)": ("01_representations", "02_single_model", "03_multi_model", "04_sequential",
+                                        "05_ablations"),
+             "base model evaluation": ("02_single_model", "03_multi_model", "04_sequential"),
+             "multi-task training": ("03_multi_model",),
+             "single-model merges": ("02_single_model",),
+             "multi-model merges": ("03_multi_model",),
+             "sequential chains": ("04_sequential",),
+             "ablations": ("05_ablations",)}
 
 
 class ReplicateError(ValueError):
@@ -66,6 +87,8 @@ def notebooks_dir() -> Path:
 
 
 CLAIMS_NOTEBOOK = "07_claims"  # reads every other notebook's tables: runs last, once
+# run only when named: the pilot fixes the testbed once, before the replication (recall.pilot)
+ON_REQUEST = ("00_pilot",)
 
 
 def available_notebooks() -> list[Path]:
@@ -88,12 +111,13 @@ def out_of_sync(path: Path) -> str | None:
 
 
 def select_notebooks(selection: list[str] | None) -> list[Path]:
-    """Notebooks by number prefix (``01``), full name (``01_representations``) or file name, in run order."""
+    """Notebooks by number prefix (``01``), full name (``01_representations``) or file name, in run order; with no
+    selection every notebook but the ``ON_REQUEST`` ones (the pilot)."""
     found = available_notebooks()
     if not found:
         raise ReplicateError(f"no notebooks in {notebooks_dir()}")
     if not selection:
-        return found
+        return [p for p in found if p.stem not in ON_REQUEST]
     out = []
     for s in selection:
         s = s.removesuffix(".ipynb")
@@ -162,6 +186,48 @@ def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds:
     return jobs + last
 
 
+def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one_order: bool = False) -> Budget:
+    """The budget plan (``recall.profiles.plan``) of the rows the notebooks ``stems`` compute (``PLAN_ROWS``; a row
+    not listed there is kept), for ``seeds`` (default the profile's) and, with ``one_order``, the given task order
+    only."""
+    changes = {"seeds": tuple(seeds)} if seeds is not None else {}
+    if one_order:
+        changes["extra_orders"] = ()
+    full = plan(dataclasses.replace(profile, **changes))
+    out = Budget()
+    for what, train, evals in full.rows:
+        if what not in PLAN_ROWS or set(PLAN_ROWS[what]) & set(stems):
+            out.add(what, train=train, evals=evals)
+    return out
+
+
+class _Tail(threading.Thread):
+    """Prints the lines appended to a progress file (``recall.progress``) while a notebook runs, each prefixed,
+    without breaking papermill's progress bar."""
+
+    def __init__(self, path: Path, prefix: str):
+        super().__init__(daemon=True)
+        self.path, self.prefix, self.done = path, prefix, threading.Event()
+
+    def run(self):
+        from tqdm import tqdm
+
+        pending = ""
+        with open(self.path, encoding="utf-8") as f:
+            while True:
+                finished = self.done.wait(1.0)
+                pending += f.read()
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    tqdm.write(f"{self.prefix}{line}", file=sys.stdout)
+                if finished:
+                    return
+
+    def stop(self):
+        self.done.set()
+        self.join()
+
+
 def _trim_outputs(nb, limit: int = MAX_TEXT_OUTPUT):
     """Keep executed notebooks small: long streams and text reprs keep their last ``limit`` characters."""
     for cell in nb.cells:
@@ -194,10 +260,15 @@ def run_notebook(path: Path, out_dir: Path, params: dict, kernel: str = "python3
     final = out_dir / f"{name}.ipynb"
     tmp = out_dir / f".{name}.partial.ipynb"
     failed = out_dir / f"{name}.failed.ipynb"
+    fd, lines = tempfile.mkstemp(prefix=f"recall-{name}-", suffix=".progress")
+    os.close(fd)
+    os.environ[PROGRESS_ENV] = lines  # the kernel inherits it: its bars become lines there (recall.progress)
+    tail = _Tail(Path(lines), f"   {name}: ")
+    tail.start()
     try:
         papermill.execute_notebook(str(path), str(tmp), parameters=params, kernel_name=kernel,
                                    cwd=str(path.parent), progress_bar=progress, log_output=False,
-                                   execution_timeout=timeout)
+                                   execution_timeout=timeout, extra_arguments=KERNEL_ARGUMENTS)
     except PapermillExecutionError as e:
         if tmp.exists():
             os.replace(tmp, failed)
@@ -206,6 +277,10 @@ def run_notebook(path: Path, out_dir: Path, params: dict, kernel: str = "python3
         if tmp.exists():
             os.replace(tmp, failed)
         raise
+    finally:
+        tail.stop()
+        os.environ.pop(PROGRESS_ENV, None)
+        os.unlink(lines)
     nb = _trim_outputs(nbformat.read(str(tmp), as_version=4))
     nbformat.write(nb, str(tmp))
     os.replace(tmp, final)
@@ -217,7 +292,7 @@ def run_notebook(path: Path, out_dir: Path, params: dict, kernel: str = "python3
 def main(argv=None) -> int:
     try:
         return _main(argv)
-    except (ReplicateError, CacheBusy) as e:
+    except (ReplicateError, CacheBusy, NoCheckout) as e:
         print(f"recall replicate: error: {e}", file=sys.stderr)
         return 2
 
@@ -232,7 +307,8 @@ def _main(argv=None) -> int:
                     help="extra notebook parameter, value in YAML (repeatable), e.g. task_order='[trec, bbc]'")
     ap.add_argument("-y", "--yaml", action="append", default=[], metavar="YAML",
                     help="extra parameters as a YAML mapping, papermill style: -y 'task_order: [trec, bbc]'")
-    ap.add_argument("--results-root", type=Path, help="results root (default $RECALL_RESULTS or results/)")
+    ap.add_argument("--results-root", type=Path,
+                    help="results root (default $RECALL_RESULTS, else results/ of the checkout)")
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel (default python3: this environment)")
     ap.add_argument("--timeout", type=int, help="per-cell execution timeout in seconds (default none)")
     ap.add_argument("--threads", type=int, help="CPU threads of the kernels (OMP_NUM_THREADS, MKL_NUM_THREADS); "
@@ -278,8 +354,10 @@ def _main(argv=None) -> int:
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
+    stems = sorted({p.stem for p, _ in jobs})
     print(f"recall replicate: profile {profile.name} ({profile.notes}), {len(jobs)} notebook run(s)")
-    print(plan(profile).report())
+    print(f"budget plan of {', '.join(stems)} (units already cached cost nothing):")
+    print(selected_plan(profile, stems, None if args.seed is None else [args.seed], "task_order" in extra).report())
     print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
     with cache_lock():  # one replicate run per experiment cache; a second one exits with a clear message
         return _run_jobs(jobs, root / profile.name / "notebooks", args)

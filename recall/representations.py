@@ -3,9 +3,16 @@
 RECALL compares models through their internal representations of a few typical samples. Here a
 sample's representation at layer l is its pooled ``output_hidden_states[l]`` (l = 0: embedding
 output, l = 1..L: output of block l; in Hugging Face models the last entry already has the final
-norm applied). Our reading of the paper: mean over the sample's non-padding tokens ("mean", default;
-the paper says the representations are averaged over tokens); "last" (the last non-padding token)
-is the alternative.
+norm applied). The paper says the representations are averaged over a sample's tokens. Poolings:
+
+- ``"content"`` (RECALL's default): mean over the sample's own tokens, i.e. without the token prefix and
+  suffix that every sample of the set shares (chat template, system prompt, instruction, label list,
+  generation prompt). Over a whole chat prompt about half the tokens are such shared text, which pulls
+  every sample's mean toward the same point. The shared affixes are measured once on a set of texts
+  (:func:`shared_affixes`) and passed as ``trim``, so every model and every subset of the set is pooled
+  over the same positions.
+- ``"mean"``: mean over every non-padding token (the whole prompt); the reading of our first runs.
+- ``"last"``: the last non-padding token.
 
 Padding is masked out and position ids are computed from the attention mask (``recall.encoding``),
 so the result does not depend on the padding side or the batch size (up to float noise).
@@ -20,7 +27,31 @@ from tqdm.auto import tqdm
 
 from .encoding import collate, pad_token_id, tokenize
 
-POOLINGS = ("mean", "last")
+POOLINGS = ("content", "mean", "last")
+
+
+def _common_prefix(seqs: list[list[int]], cap: int) -> int:
+    n = cap
+    first = seqs[0]
+    for x in seqs[1:]:
+        i = 0
+        while i < n and x[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def shared_affixes(tokenizer, texts: Sequence[str], max_length: int = 512) -> tuple[int, int]:
+    """(prefix, suffix): how many leading and trailing tokens every one of ``texts`` shares (tokenized as
+    :func:`layer_representations` does), leaving at least one token of each text. Fewer than two texts
+    share nothing: (0, 0)."""
+    ids = [tokenize(tokenizer, t, special_tokens=True, max_length=max_length) for t in texts]
+    if len(ids) < 2 or min(len(x) for x in ids) < 2:
+        return 0, 0
+    cap = min(len(x) for x in ids) - 1
+    prefix = _common_prefix(ids, cap)
+    suffix = _common_prefix([x[::-1] for x in ids], cap - prefix)
+    return prefix, suffix
 
 
 def _model_device(model) -> torch.device:
@@ -32,14 +63,23 @@ def _model_device(model) -> torch.device:
 
 def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """(B, T, H) hidden states, (B, T) bool mask -> (B, H) float32. Padding positions may hold
-    anything (even NaN from fully masked attention rows): they are filled, never multiplied."""
+    anything (even NaN from fully masked attention rows): they are filled, never multiplied.
+    ``"content"`` gets a mask that already excludes the shared affixes."""
     h = h.float()
-    if pooling == "mean":
+    if pooling in ("mean", "content"):
         summed = h.masked_fill(~mask[..., None], 0.0).sum(dim=1)
         return summed / mask.sum(dim=1, keepdim=True).to(h.dtype)
     pos = torch.arange(mask.shape[1], device=mask.device)
     last = torch.where(mask, pos, -1).max(dim=1).values
     return h[torch.arange(h.shape[0], device=h.device), last]
+
+
+def _span_mask(mask: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """The padding ``mask`` restricted to each row's token span [start, end) (positions among its real tokens)."""
+    pos = torch.cumsum(mask.long(), dim=1) - 1  # position of each real token in its row
+    start = torch.tensor([s for s, _ in spans])[:, None]
+    end = torch.tensor([e for _, e in spans])[:, None]
+    return mask & (pos >= start) & (pos < end)
 
 
 def _layer_indices(layers: Sequence[int] | None, n: int) -> list[int]:
@@ -54,7 +94,8 @@ def _layer_indices(layers: Sequence[int] | None, n: int) -> list[int]:
 def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 512,
                           pooling: str = "mean", device: str | torch.device | None = None,
                           progress: bool = True, desc: str | None = None,
-                          layers: Sequence[int] | None = None) -> torch.Tensor:
+                          layers: Sequence[int] | None = None,
+                          trim: tuple[int, int] | None = None) -> torch.Tensor:
     """Pooled hidden states of ``texts`` at every layer.
 
     Parameters
@@ -67,12 +108,16 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
     batch_size, max_length
         Texts are sorted by length (longest first) before batching, to limit padding.
     pooling
-        ``"mean"`` over non-padding tokens (default) or ``"last"`` non-padding token.
+        ``"mean"`` over non-padding tokens (default), ``"content"`` (mean without the ``trim`` affixes) or
+        ``"last"`` non-padding token.
     device
         Where the forward pass runs; default: the model's device.
     layers
         Optional subset of hidden-state indices to keep (negative indices allowed), to save
         memory; default: all L+1.
+    trim
+        ``(prefix, suffix)`` token counts left out of ``"content"`` pooling (from :func:`shared_affixes` on
+        the set the texts come from); default: the affixes ``texts`` themselves share.
 
     Returns
     -------
@@ -95,6 +140,16 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
     if empty:
         raise ValueError(f"texts at positions {empty[:10]} tokenize to no tokens; drop empty texts")
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+    keep_span: dict[int, tuple[int, int]] = {}
+    if pooling == "content":
+        pre, suf = shared_affixes(tokenizer, texts, max_length) if trim is None else trim
+        if isinstance(pre, bool) or isinstance(suf, bool) or int(pre) != pre or int(suf) != suf or pre < 0 or suf < 0:
+            raise ValueError(f"trim must be two integers >= 0 (prefix, suffix), got {trim!r}")
+        short = [i for i, x in enumerate(ids) if len(x) <= pre + suf]
+        if short:
+            raise ValueError(f"texts at positions {short[:10]} have no tokens left after trimming {pre} prefix and "
+                             f"{suf} suffix tokens; compute trim with shared_affixes on the set they come from")
+        keep_span = {i: (int(pre), len(ids[i]) - int(suf)) for i in range(len(ids))}
 
     out: torch.Tensor | None = None
     # the decoder alone gives the same hidden states without computing logits over the vocabulary
@@ -108,12 +163,15 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
                 idx = order[start:start + batch_size]
                 batch = collate([{"input_ids": ids[i]} for i in idx], pad_id, side)
                 mask = batch["attention_mask"]
+                pool_mask = mask.bool()
+                if keep_span:
+                    pool_mask = _span_mask(mask.bool(), [keep_span[i] for i in idx])
                 res = body(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
                             position_ids=batch["position_ids"].to(device), output_hidden_states=True,
                             use_cache=False)
                 hidden = res.hidden_states
                 keep = _layer_indices(layers, len(hidden))
-                bmask = mask.to(device).bool()
+                bmask = pool_mask.to(device)
                 pooled = torch.stack([_pool(hidden[j], bmask, pooling) for j in keep]).cpu()
                 if out is None:
                     out = torch.empty((pooled.shape[0], len(texts), pooled.shape[2]), dtype=torch.float32)

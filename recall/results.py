@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -26,12 +27,30 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "scikit-
              "seaborn", "papermill")
 
 
+class NoCheckout(LookupError):
+    """Neither a checkout (a folder holding ``notebooks/``) nor ``$RECALL_RESULTS`` says where results go."""
+
+
+def checkout(start: str | os.PathLike | None = None) -> Path | None:
+    """The checkout a run is started in: the nearest folder at or above ``start`` (default: the working
+    folder) that holds ``notebooks/``; None outside any."""
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    return next((p for p in (here, *here.parents) if (p / "notebooks").is_dir()), None)
+
+
 def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    """The checkout (:func:`checkout`): where the notebooks, the book and ``results/`` are; never the installed
+    package's folder."""
+    root = checkout()
+    if root is None:
+        raise NoCheckout(f"{Path.cwd()} is not inside a checkout of recall (no notebooks/ folder here or above); "
+                         "start from the checkout, or set RECALL_RESULTS for results elsewhere")
+    return root
 
 
 def results_root(explicit: str | os.PathLike | None = None) -> Path:
-    """The results root: ``explicit``, else ``$RECALL_RESULTS``, else ``results/`` of the repository."""
+    """The results root: ``explicit``, else ``$RECALL_RESULTS``, else ``results/`` of the checkout the run is
+    started in (:func:`checkout`; a notebook's kernel runs in ``notebooks/``, so its checkout is the one above)."""
     if explicit is not None:
         return Path(explicit)
     env = os.environ.get("RECALL_RESULTS")
@@ -50,7 +69,7 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHS],
                                cwd=repo_root(), capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha or "unknown") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired, NoCheckout):
         return "unknown"
 
 
@@ -133,9 +152,8 @@ class Results:
         return out
 
     def figure(self, name: str, fig) -> Path:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-        return self._record(atomic_write_bytes(self.dir / f"{name}.png", buf.getvalue()))
+        """Save ``fig`` (a ``recall.plots`` figure) as ``<name>.png``."""
+        return self._record(atomic_write_bytes(self.dir / f"{name}.png", png_bytes(fig)))
 
     def provenance(self, profile, params: dict | None = None, timings: dict | None = None) -> Path:
         """Record this notebook's run in ``results/<profile>/provenance.json`` (one entry per notebook)."""
@@ -155,6 +173,16 @@ class Results:
             "files": sorted(set(self.files)),
         }
         return atomic_write_json(path, data)
+
+
+def png_bytes(fig) -> bytes:
+    """The PNG of a figure at ``recall.plots.DPI``, its size as drawn (no cropping: the book shows it at that
+    size), without a timestamp."""
+    from .plots import DPI
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
 
 
 def read_provenance(profile_dir: str | Path) -> dict:
@@ -193,22 +221,76 @@ def rederive(profile_dir: str | Path, notebooks=None) -> dict[str, list[str]]:
     return written
 
 
+def notebook_tables(notebook: str, folder: str | Path) -> dict[str, pd.DataFrame]:
+    """Every table of ``notebook`` in ``folder`` (``recall.tables.SPECS``; ``R_{method}`` once per file), by name:
+    what its figures are drawn from."""
+    from .tables import SPECS, read
+
+    folder = Path(folder)
+    out = {}
+    for spec in (s for s in SPECS.values() if s.notebook == notebook):
+        for path in sorted(folder.glob(re.sub(r"\{\w+\}", "*", spec.name) + ".csv")):
+            out[path.stem] = read(path, spec.name)
+    return out
+
+
+def redraw(profile_dir: str | Path, notebooks=None) -> dict[str, list[str]]:
+    """Draw again every figure of every notebook run recorded in ``<profile_dir>/provenance.json`` from the tables
+    it wrote (``recall.plots.figures``, with the run's profile and task order), delete the PNGs of that run the
+    plots no longer draw, and record the commit and time in the run's entry under ``redrawn``; no table is
+    touched. Returns notebook -> figures written."""
+    from .plots import FIGURES, figures, where
+
+    profile_dir = Path(profile_dir)
+    path = profile_dir / "provenance.json"
+    data = json.loads(path.read_text())
+    written = {}
+    for key, entry in data.get("notebooks", {}).items():
+        nb, _, sub = key.partition("/")
+        if nb not in FIGURES or (notebooks and nb not in notebooks):
+            continue
+        folder = profile_dir / sub if sub else profile_dir
+        prof = entry.get("profile") or {}
+        order = (entry.get("parameters") or {}).get("task_order") or prof.get("task_order") or ()
+        figs = figures(nb, notebook_tables(nb, folder), where(prof.get("name", profile_dir.name), prof.get("model")),
+                       order)
+        new = {str((folder / f"{name}.png").relative_to(profile_dir)) for name in figs}
+        for name, fig in figs.items():
+            atomic_write_bytes(folder / f"{name}.png", png_bytes(fig))
+        old = {f for f in entry.get("files", []) if f.endswith(".png")} - new
+        for f in old:
+            (profile_dir / f).unlink(missing_ok=True)
+        entry["files"] = sorted((set(entry.get("files", [])) - old) | new)
+        entry["redrawn"] = {"git_commit": git_commit(), "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                            "figures": sorted(figs)}
+        written[key] = sorted(figs)
+    atomic_write_json(path, data)
+    return written
+
+
 def main(argv=None) -> int:
     """``python -m recall.results --profile cpu``: :func:`rederive` the tables of ``results/<profile>/``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m recall.results", description="Recompute the derived tables of a "
                                  "profile's results from its measured tables (after a change of recall.tables, "
-                                 "recall.cl_metrics or recall.claims), without rerunning any experiment.")
+                                 "recall.cl_metrics or recall.claims), or with --figures draw its figures again "
+                                 "(after a change of recall.plots), without rerunning any experiment.")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--results-root", type=Path)
     ap.add_argument("--notebooks", nargs="+", help="only these notebooks (full names)")
+    ap.add_argument("--figures", action="store_true", help="draw the figures again from the tables there "
+                    "(recall.plots) instead of recomputing derived tables; no table is touched")
     args = ap.parse_args(argv)
-    folder = results_root(args.results_root) / args.profile
+    try:
+        folder = results_root(args.results_root) / args.profile
+    except NoCheckout as e:
+        print(f"recall results: error: {e}", file=sys.stderr)
+        return 2
     if not (folder / "provenance.json").is_file():
         print(f"recall results: error: {folder}/provenance.json not found; run the notebooks first", file=sys.stderr)
         return 2
-    for key, names in rederive(folder, args.notebooks).items():
+    for key, names in (redraw if args.figures else rederive)(folder, args.notebooks).items():
         print(f"{key}: {', '.join(names)}")
     return 0
 

@@ -1,4 +1,5 @@
-"""A sample: what a model reads (``text``) and, when known, the expected answer."""
+"""A sample: what a model reads (``text``), when known the expected answer, and optionally the model whose
+task it comes from (``model``: its index among the merged models, for RECALL's ``anchor="each"``)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Sample:
     """``text`` is the model input (for a task: the full chat-formatted prompt); ``answer`` the
-    expected continuation (for a task: the label word), or ``None`` when unknown."""
+    expected continuation (for a task: the label word), or ``None`` when unknown; ``model`` the index (0 =
+    oldest) of the merged model whose task the sample belongs to, or ``None``."""
 
     text: str
     answer: str | None = None
+    model: int | None = None
 
 
 def read_samples_file(path: str | Path) -> list[Sample]:
-    """Samples from a file: JSON lines with a ``text`` field (and optional ``answer``), or plain text,
-    one sample a line. Blank lines are skipped. An empty file is an error."""
+    """Samples from a file: JSON lines with a ``text`` field (and optional ``answer`` and ``model``, the index
+    of the merged model whose task the sample comes from), or plain text, one sample a line. Blank lines are
+    skipped. An empty file is an error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file {path} does not exist")
@@ -46,7 +50,11 @@ def read_samples_file(path: str | Path) -> list[Sample]:
                 raise ValueError(f"{path}:{i}: JSON line has no non-empty 'text' field")
             if obj.get("answer") is not None and not isinstance(obj["answer"], str):
                 raise ValueError(f"{path}:{i}: 'answer' must be a string, got {obj['answer']!r}")
-            out.append(Sample(obj["text"], obj.get("answer")))
+            model = obj.get("model")
+            if model is not None and (isinstance(model, bool) or not isinstance(model, int) or model < 0):
+                raise ValueError(f"{path}:{i}: 'model' must be the index (an integer >= 0) of a merged model, "
+                                 f"got {model!r}")
+            out.append(Sample(obj["text"], obj.get("answer"), model))
         else:
             out.append(Sample(line))
     if not out:

@@ -9,6 +9,16 @@ batch gives the same scores as one example at a time (up to float noise).
 
 Convention shared with training (``recall.encoding``): prompt and answer are tokenized separately,
 without special tokens (the chat template already wrote them), and their ids concatenated.
+
+Scoring rules (``score_task(scoring=...)``; chosen on validation, see the book's "What the paper leaves open"):
+
+- ``"sum"``: summed log-likelihood of the label's tokens (multi-token labels pay for every token, so labels
+  split into more tokens lose; the reading of our first runs);
+- ``"mean"``: the same divided by the label's number of tokens (length-normalized);
+- ``"first"``: the log-probability of the label's first token only;
+- ``"calibrated"``: contextual calibration (Zhao et al., ICML 2021, arXiv 2102.09690): the label
+  distribution of the summed scores, divided by its mean over content-free inputs ("N/A", "", "[MASK]") in
+  the same prompt, so a label the prompt favours whatever the text loses that prior.
 """
 
 from __future__ import annotations
@@ -22,6 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .encoding import collate, pad_token_id, tokenize
+
+SCORINGS = ("sum", "mean", "first", "calibrated")
+REDUCTIONS = ("sum", "mean", "first")
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs
 
 
 def _final_hidden(model, input_ids, attention_mask, position_ids, past=None):
@@ -49,14 +63,27 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
-@torch.inference_mode()
 def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], batch_size: int = 16,
-                 progress: bool = True, desc: str = "scoring", share_prefix: bool = True) -> np.ndarray:
-    """(N, C) summed log-likelihood of each candidate continuation after each prompt.
+                 progress: bool = True, desc: str = "scoring", share_prefix: bool = True,
+                 reduce: str = "sum") -> np.ndarray:
+    """(N, C) log-likelihood of each candidate continuation after each prompt: summed over its tokens
+    (``reduce="sum"``), their mean (``"mean"``) or its first token only (``"first"``).
 
     With ``share_prefix`` the token prefix common to all prompts (chat template, system prompt and
     instruction) runs once and its KV cache is reused by every batch: same scores, less compute.
     """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduce {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
+    return label_loglik_all(model, tokenizer, prompts, candidates, batch_size, progress, desc, share_prefix,
+                            rest=reduce != "first")[reduce]
+
+
+@torch.inference_mode()
+def label_loglik_all(model, tokenizer, prompts: list[str], candidates: list[str], batch_size: int = 16,
+                     progress: bool = True, desc: str = "scoring", share_prefix: bool = True,
+                     rest: bool = True) -> dict[str, np.ndarray]:
+    """Every reduction of :func:`label_loglik` from one pass: {"first", "sum", "mean"} (without ``rest`` the
+    later tokens of multi-token labels are not scored and only "first" is returned)."""
     if not prompts:
         raise ValueError("no prompts to score")
     if not candidates:
@@ -76,6 +103,7 @@ def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], ba
         _, prefix_past = _final_hidden(model, pre, torch.ones_like(pre), torch.arange(cp, device=device)[None])
     order = np.argsort([-len(p) for p in prompt_ids], kind="stable")  # similar lengths together
     scores = np.zeros((len(prompts), len(candidates)), dtype=np.float64)
+    firsts = np.zeros_like(scores)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         idx = order[s: s + batch_size]
         # left padding between the shared prefix and each suffix
@@ -89,7 +117,8 @@ def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], ba
         hidden, past = _final_hidden(model, ids, mask, pos, past=past)
         first = _logprobs(model, hidden[:, -1]).double()  # (B, V): next-token distribution after the prompt
         block = torch.stack([first[:, toks[0]] for toks in cand_ids], dim=1)  # (B, C)
-        multi = [(c, toks) for c, toks in enumerate(cand_ids) if len(toks) > 1]
+        firsts[idx] = block.cpu().numpy()
+        multi = [(c, toks) for c, toks in enumerate(cand_ids) if len(toks) > 1] if rest else []
         if multi:  # the later tokens of multi-token labels: one forward over (example, label) rows
             r = len(multi)
             enc = collate([{"input_ids": toks[:-1]} for _ in range(b) for _, toks in multi], pad)
@@ -105,19 +134,50 @@ def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], ba
                 rows = lps[j::r, : len(toks) - 1]  # (B, len-1, V)
                 block[:, c] += rows.gather(-1, nxt.expand(b, -1)[..., None])[..., 0].sum(-1)
         scores[idx] = block.cpu().numpy()
-    return scores
+    if not rest:
+        return {"first": firsts}
+    lengths = np.array([len(c) for c in cand_ids], dtype=np.float64)[None]
+    return {"first": firsts, "sum": scores, "mean": scores / lengths}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def label_scores(model, tokenizer, task, texts, max_text_tokens: int = 128, batch_size: int = 16,
+                 progress: bool = True, scoring: str = "sum") -> np.ndarray:
+    """(N, C) the scores whose argmax is the prediction, by rule ``scoring`` (``SCORINGS``)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; choose one of: {', '.join(SCORINGS)}")
+    return all_label_scores(model, tokenizer, task, texts, max_text_tokens, batch_size, progress,
+                            calibrate=scoring == "calibrated", rest=scoring != "first")[scoring]
+
+
+def all_label_scores(model, tokenizer, task, texts, max_text_tokens: int = 128, batch_size: int = 16,
+                     progress: bool = True, calibrate: bool = True, rest: bool = True) -> dict[str, np.ndarray]:
+    """The scores of every rule in ``SCORINGS`` from one pass over ``texts`` (for choosing the rule)."""
+    answers = [task.answer(i) for i in range(len(task.labels))]
+    prompts = [task.prompt(t, tokenizer, max_text_tokens=max_text_tokens) for t in texts]
+    out = label_loglik_all(model, tokenizer, prompts, answers, batch_size=batch_size, progress=progress,
+                           desc=f"scoring {task.name}", rest=rest)
+    if calibrate:
+        free = [task.prompt(t, tokenizer, max_text_tokens=max_text_tokens) for t in CONTENT_FREE]
+        cf = label_loglik(model, tokenizer, free, answers, batch_size=batch_size, progress=False, share_prefix=False)
+        prior = np.exp(_log_softmax(cf)).mean(axis=0)  # the label distribution the prompt gives without content
+        out["calibrated"] = _log_softmax(out["sum"]) - np.log(prior)[None]
+    return out
 
 
 def score_task(model, tokenizer, task, dataset, max_text_tokens: int = 128, batch_size: int = 16,
-               progress: bool = True) -> pd.DataFrame:
+               progress: bool = True, scoring: str = "sum") -> pd.DataFrame:
     """Per-example results of ``task`` on ``dataset`` (a split with ``text`` and ``label``).
 
-    Columns: example (index in the split), label, pred, correct, and ``ll_<label word>`` per label.
+    Columns: example (index in the split), label, pred, correct, and ``ll_<label word>`` per label (the score
+    of rule ``scoring`` that the prediction is the argmax of).
     """
-    prompts = [task.prompt(t, tokenizer, max_text_tokens=max_text_tokens) for t in dataset["text"]]
-    answers = [task.answer(i) for i in range(len(task.labels))]
-    ll = label_loglik(model, tokenizer, prompts, answers, batch_size=batch_size, progress=progress,
-                      desc=f"scoring {task.name}")
+    ll = label_scores(model, tokenizer, task, dataset["text"], max_text_tokens=max_text_tokens,
+                      batch_size=batch_size, progress=progress, scoring=scoring)
     labels = np.asarray(dataset["label"])
     pred = ll.argmax(axis=1)
     df = pd.DataFrame({"example": np.arange(len(labels)), "label": labels, "pred": pred,
@@ -128,7 +188,7 @@ def score_task(model, tokenizer, task, dataset, max_text_tokens: int = 128, batc
 
 
 def evaluate_tasks(model, tokenizer, datasets: dict, max_text_tokens: int = 128, batch_size: int = 16,
-                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   progress: bool = True, scoring: str = "sum") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score a model on several tasks. ``datasets`` maps task name -> test split.
 
     Returns (summary with task, n, accuracy, macro_f1, seconds; per-example frame with a task column).
@@ -141,7 +201,7 @@ def evaluate_tasks(model, tokenizer, datasets: dict, max_text_tokens: int = 128,
         task = get_task(name)
         t0 = time.time()
         df = score_task(model, tokenizer, task, ds, max_text_tokens=max_text_tokens, batch_size=batch_size,
-                        progress=progress)
+                        progress=progress, scoring=scoring)
         m = compute_metrics(df["pred"].tolist(), df["label"].tolist())
         rows.append({"task": name, "n": len(df), **m, "seconds": round(time.time() - t0, 2)})
         frames.append(df.assign(task=name))

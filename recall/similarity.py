@@ -15,6 +15,14 @@ allows different widths) and returns a float in [0, 1] with sim(X, X) = 1. All a
 - ``"cosine"``: mean paired cosine similarity mapped to [0, 1] as (1 + cos) / 2.
 - ``"combo"``: weighted mean of the above; default equal weights (the paper's summaries mention a
   combination without saying which; equal weights are the neutral reading).
+
+``bandwidth="hidden"`` is what ``sklearn.metrics.pairwise.rbf_kernel`` does by default: gamma = 1/H, that
+is 2 sigma^2 = H (the width of the representations), whatever their scale.
+
+The distances behind the RBF readings are exposed on their own (RECALL's diagnostics and its
+``reading="relative"``): :func:`paired_sq_distance` (D: mean over samples of ||r_i(x) - r_ref(x)||^2, per
+layer) and :func:`sample_spread` (S: median squared distance between two samples' representations, per
+layer).
 """
 
 from __future__ import annotations
@@ -177,7 +185,34 @@ def layer_similarity(reps_a, reps_b, measure: str | Measure = "rbf", **kw) -> np
     return np.array([fn(a[l], b[l], **kw) for l in range(a.shape[0])], dtype=np.float64)
 
 
-BANDWIDTHS = ("samples", "models")
+BANDWIDTHS = ("samples", "models", "hidden")
+
+
+def paired_sq_distance(reps: Sequence, ref: int = -1) -> np.ndarray:
+    """(L+1, M) D: at each layer, the mean over samples of ||r_i(x) - r_ref(x)||^2 (0 for ``ref`` itself)."""
+    stacks = [_stack(r) for r in reps]
+    if not stacks:
+        raise ValueError("no models' representations given")
+    if not -len(stacks) <= ref < len(stacks):
+        raise ValueError(f"ref = {ref} out of range for {len(stacks)} models")
+    r = stacks[ref]
+    if any(x.shape != r.shape for x in stacks):
+        raise ValueError(f"representations differ in shape: {[x.shape for x in stacks]}")
+    return np.stack([((x - r) ** 2).sum(axis=2).mean(axis=1) for x in stacks], axis=1)
+
+
+def paired_sq_distance_matrix(reps: Sequence) -> np.ndarray:
+    """(L+1, M, M): :func:`paired_sq_distance` between every pair of models."""
+    return np.stack([paired_sq_distance(reps, ref=j) for j in range(len(reps))], axis=2)
+
+
+def sample_spread(reps, eps: float = EPS) -> np.ndarray:
+    """(L+1,) S: per layer, the median of the squared distances between the representations of two different
+    samples (by one model; the median heuristic of ``rbf_similarity`` on one set), floored at ``eps``."""
+    r = _stack(reps)
+    if r.shape[1] < 2:
+        raise ValueError(f"the spread between samples needs at least 2 samples, got {r.shape[1]}")
+    return np.array([_bandwidth(_sq_dists(r[l]), eps) for l in range(r.shape[0])])
 
 
 def model_bandwidths(reps: Sequence, pairs: Sequence[tuple[int, int]], eps: float = EPS) -> np.ndarray:
@@ -193,8 +228,14 @@ def model_bandwidths(reps: Sequence, pairs: Sequence[tuple[int, int]], eps: floa
 def _check_bandwidth(bandwidth: str, measure) -> None:
     if bandwidth not in BANDWIDTHS:
         raise ValueError(f"unknown bandwidth {bandwidth!r}; choose one of: {', '.join(BANDWIDTHS)}")
-    if bandwidth == "models" and measure != "rbf":
-        raise ValueError(f"bandwidth='models' applies to the rbf similarity only, not {measure!r}")
+    if bandwidth != "samples" and measure != "rbf":
+        raise ValueError(f"bandwidth={bandwidth!r} applies to the rbf similarity only, not {measure!r}")
+
+
+def _hidden_bandwidth(reps) -> np.ndarray:
+    """sigma^2 = H / 2 at every layer (sklearn's rbf_kernel default gamma = 1/H)."""
+    r = _stack(reps[0])
+    return np.full(r.shape[0], r.shape[2] / 2.0)
 
 
 def _rbf_per_layer(x, y, sigma2: np.ndarray) -> np.ndarray:
@@ -213,6 +254,8 @@ def similarity_to_reference(reps: Sequence, ref: int = -1, measure: str | Measur
         raise ValueError(f"ref = {ref} out of range for {len(reps)} models")
     _check_bandwidth(bandwidth, measure)
     r = reps[ref]
+    if bandwidth == "hidden":
+        return np.stack([_rbf_per_layer(x, r, _hidden_bandwidth(reps)) for x in reps], axis=1)
     if bandwidth == "models":
         ref_i = ref % len(reps)
         sigma2 = model_bandwidths(reps, [(i, ref_i) for i in range(len(reps)) if i != ref_i] or [(ref_i, ref_i)])
@@ -230,7 +273,7 @@ def similarity_matrix(reps: Sequence, measure: str | Measure = "rbf", bandwidth:
         raise ValueError("no models' representations given")
     _check_bandwidth(bandwidth, measure)
     sigma2 = model_bandwidths(reps, [(i, j) for i in range(m) for j in range(i + 1, m)] or [(0, 0)]) \
-        if bandwidth == "models" else None
+        if bandwidth == "models" else _hidden_bandwidth(reps) if bandwidth == "hidden" else None
     out = None
     for i in range(m):
         for j in range(i, m):

@@ -36,6 +36,8 @@ from .cl_metrics import (
     bootstrap_ci,
     cl_difference_ci,
     cl_metrics_ci,
+    macro_f1_table_ci,
+    majority_rows,
     method_table_ci,
     paired_difference_ci,
     pooled_cl_difference_ci,
@@ -70,6 +72,16 @@ _ACC = ("method", "task", *CI, "n")
 _DIFF = ("task", *CI, "n", *DIFF_TESTS)
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
+    # 00 pilot (run once to fix the testbed; recall.pilot)
+    Spec("pilot_scoring", "00_pilot", "measured", ("model", "task", "casing", "scoring", "n", "accuracy", "macro_f1",
+                                                   "balanced_accuracy", "labels_predicted", "labels", "predicted"),
+         "every scoring rule and label casing on the validation split: base on every task, experts on theirs"),
+    Spec("pilot_training", "00_pilot", "measured", ("recipe", "task", "n_train", "epochs", "lr", "lora_r", "steps",
+                                                    "train_tokens", "train_s", "last_loss", "base_macro_f1",
+                                                    "expert_macro_f1", "gain", "gate_met", "chosen"),
+         "each training recipe tried (cheapest first): expert vs base macro-F1 on validation and the quality gate"),
+    Spec("pilot_losses", "00_pilot", "measured", ("recipe", "task", "step", "loss"),
+         "training loss of every pilot expert per optimizer step"),
     # 01 representations
     Spec("adjacent", _N1, "measured", ("model", "layer", "measure", "similarity"),
          "similarity of hidden states l-1 and l within each model, per measure"),
@@ -98,8 +110,14 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "per-example predictions of every multi-model merge and reference on every task"),
     Spec("multi_recall_weights", _N3, "measured", None,
          "RECALL's merge weights (rows: hidden-state index; columns: the pool, oldest first)", index="layer"),
+    Spec("multi_tuning", _N3, "measured", ("scenario", "method", "point", "options", "macro_f1", "accuracy",
+                                           "chosen"),
+         "every grid point of every method's main knob, scored on the validation split (recall.tuning)"),
     Spec("multi_train", _N3, "derived", _ACC, "accuracy per method on the training tasks (experts: own task)"),
     Spec("multi_unseen", _N3, "derived", _ACC, "accuracy per method on the unseen tasks"),
+    Spec("multi_f1", _N3, "derived", (*_ACC, "scope"),
+         "macro-F1 per method on the training tasks (experts: own task) and the unseen tasks, with the "
+         "majority-class baseline (paired bootstrap intervals)"),
     Spec("multi_normalized", _N3, "derived", ("method", "task", *CI),
          "merged accuracy / the expert's accuracy on that task, and its task mean"),
     Spec("multi_diff", _N3, "derived", (*_DIFF, "scope", "other"),
@@ -110,6 +128,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "per-example predictions after every step of every chain"),
     Spec("seq_base_examples", _N4, "measured", ("task", "example", "label", "pred", "correct"),
          "per-example predictions of the base model (for FWT)"),
+    Spec("seq_tuning", _N4, "measured", ("scenario", "method", "point", "options", "macro_f1", "accuracy",
+                                         "chosen"),
+         "every grid point of the sequential methods' knobs on the first two steps of the order (validation)"),
     Spec("seq_metrics", _N4, "derived", ("method", "metric", *CI), "AP, BWT, FWT, forgetting, AP_unseen per method"),
     Spec("R_{method}", _N4, "derived", None, "accuracy after each step (rows) on each task (columns)", index="step"),
     Spec("base_scores", _N4, "derived", ("task", "accuracy"), "the base model's accuracy per task"),
@@ -122,6 +143,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "accuracy per variant and its options (a diff over RECALL's defaults)"),
     Spec("ablation_diff", _N5, "derived", (*_DIFF, "variant", "difference"),
          "paired difference variant minus default, per task, task mean and leave-one-task-out means, with tests"),
+    Spec("recall_diagnostics", _N5, "measured", ("variant", "layer", "anchor", "model", "D", "S", "delta",
+                                                 "similarity", "weight"),
+         "per layer and pool model of the multi-model RECALL merge of each reading (variant): D (mean paired squared "
+         "distance to M_N), S (M_N's median squared distance between samples), delta = D/S, similarity, weight"),
     # 06 efficiency
     Spec("efficiency", _N6, "measured", ("models", "engine", "model_mib", "wall_s", "peak_rss_mib", "cpu_s"),
          "wall time and peak RSS of the layer-wise merge (whole process) by number of models and engine"),
@@ -376,8 +401,13 @@ def multi_model_tables(examples: pd.DataFrame, p: Params) -> dict[str, pd.DataFr
     unseen = main[main["task"].isin(p.unseen)]
     refs = [m for m in REFERENCES if m in set(examples["method"])]
     merges = [m for m in pd.unique(main["method"]) if m not in refs]
-    out = {"multi_train": method_table_ci(train, n_boot=p.n_boot, seed=p.seed),
-           "multi_unseen": method_table_ci(unseen, n_boot=p.n_boot, seed=p.seed),
+    train_m = pd.concat([train, majority_rows(main[main["task"].isin(p.tasks)])], ignore_index=True)
+    unseen_m = pd.concat([unseen, majority_rows(unseen)], ignore_index=True)
+    out = {"multi_train": method_table_ci(train_m, n_boot=p.n_boot, seed=p.seed),
+           "multi_unseen": method_table_ci(unseen_m, n_boot=p.n_boot, seed=p.seed),
+           "multi_f1": pd.concat([macro_f1_table_ci(train_m, n_boot=p.n_boot, seed=p.seed).assign(scope="training"),
+                                  macro_f1_table_ci(unseen_m, n_boot=p.n_boot, seed=p.seed).assign(scope="unseen")],
+                                 ignore_index=True),
            "multi_normalized": normalized_scores(train, merges + refs, p.tasks, p.n_boot, p.seed)}
     others = [m for m in merges + refs if m != "recall"]
     out["multi_diff"] = _differences({"training tasks": train, "unseen tasks": unseen}, others, p.n_boot, p.seed)

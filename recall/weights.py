@@ -1,10 +1,21 @@
 """Per-layer merge weights from similarities: a softmax over models at each layer.
 
-Our reading of the paper: w_i^l = softmax_i(s_i^l / tau), s_i^l the similarity of model i to the
-newly fine-tuned model M_N at layer l. The paper says only "softmax", so the literal reading tau = 1
-is the default; since similarities lie in [0, 1], tau = 1 keeps weights within a factor e of each
-other (lower tau sharpens them). ``centrality_weights`` is the alternative: softmax of each model's
-mean similarity to all models (itself included).
+Two readings of the paper's "softmax of the similarities":
+
+- literal (:func:`layer_weights`): w_i^l = softmax_i(s_i^l / T), s_i^l in [0, 1] the similarity of model i
+  to the newly fine-tuned model M_N at layer l. Because s lies in [0, 1], at T = 1 no two weights differ by
+  more than a factor e, and with the median-heuristic RBF every s is 0.97-0.999 on fine-tuned LLMs: the
+  weights are uniform (averaging). Kept as the named negative control.
+- relative (:func:`relative_weights`): w_i^l = softmax_i(-delta_i^l / (tau T)), delta_i^l a divergence of
+  model i from M_N at layer l that is comparable across layers (RECALL uses D_i^l / S^l, the mean paired
+  squared distance over the spread between samples), tau one scale for the whole merge (the median of
+  delta over the models other than M_N and all layers). This is the softmax of the log of an RBF
+  similarity exp(-D / (tau S)) whose bandwidth follows each layer's spread with one factor for all layers,
+  so the weights keep the depth trend: where the models agree with M_N they are near uniform, where they
+  diverge M_N takes over.
+
+``centrality_weights`` is the alternative to similarity-to-M_N: softmax of each model's mean similarity
+to all models (itself included).
 """
 
 from __future__ import annotations
@@ -66,3 +77,31 @@ def weights_frame(weights, model_names: Sequence[str]) -> pd.DataFrame:
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be distinct, got {names}")
     return pd.DataFrame(w, index=pd.RangeIndex(w.shape[0], name="layer"), columns=names)
+
+
+TAU_MIN = 1e-6
+
+
+def relative_weights(delta, temperature: float = 1.0, ref: int = -1,
+                     tau: float | None = None) -> tuple[np.ndarray, float]:
+    """(weights (L+1, M), tau): w_i^l = softmax_i(-delta_i^l / (tau * temperature)).
+
+    ``delta`` is (L+1, M), >= 0: the divergence of each model from the reference model ``ref`` (M_N) at each
+    layer. ``tau`` defaults to the median of ``delta`` over the models other than ``ref`` and all layers,
+    floored at ``TAU_MIN``: relative divergences below it are float noise (representations are float32, so
+    identical models read in other batches differ by about 1e-12 of the spread), and scaling noise up to
+    order 1 would give identical models different weights.
+    """
+    t = _check_temperature(temperature)
+    d = _check_sims(delta, 2, "divergences")
+    if (d < 0).any():
+        raise ValueError(f"divergences must be >= 0, got a minimum of {d.min():g}")
+    m = d.shape[1]
+    if not -m <= ref < m:
+        raise ValueError(f"ref = {ref} out of range for {m} models")
+    if tau is None:
+        others = np.delete(d, ref % m, axis=1)
+        tau = max(float(np.median(others)) if others.size else 0.0, TAU_MIN)
+    elif not (np.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    return _softmax(-d / (float(tau) * t), axis=1), float(tau)

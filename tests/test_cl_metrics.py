@@ -341,7 +341,10 @@ def test_cl_metrics_ci_step_labels_and_errors():
     with pytest.raises(ValueError, match="task_order"):
         cl_metrics_ci(df, base)  # 4 tasks, 3 steps
     with pytest.raises(ValueError, match="lacks 1"):
-        cl_metrics_ci(df[~((df.step == 0) & (df.task == "c"))], base, task_order=seq)
+        cl_metrics_ci(df[~((df.step == 1) & (df.task == "c"))], base, task_order=seq)
+    # above the superdiagonal nothing is read: leaving it out changes no metric
+    pd.testing.assert_frame_equal(cl_metrics_ci(df[~((df.step == 0) & (df.task == "c"))], base, n_boot=100,
+                                                task_order=seq), b)
     with pytest.raises(ValueError, match="same test examples"):
         cl_metrics_ci(df, base[base.example < 30], task_order=seq)
     with pytest.raises(ValueError, match=r"base_df lacks task\(s\) \['c'\]"):
@@ -360,3 +363,32 @@ def test_full_protocol_shape():
     out = cl_metrics_ci(df, base, n_boot=1000, task_order=tasks[:5])
     assert len(out) == 7 * 5
     assert np.all((out["low"] <= out["estimate"]) & (out["estimate"] <= out["high"]))
+
+
+def test_macro_f1_table_matches_sklearn_and_majority_rows():
+    from sklearn.metrics import f1_score
+
+    from recall.cl_metrics import macro_f1_table_ci, majority_rows
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task, n_lab in (("a", 3), ("b", 2)):
+        label = rng.integers(0, n_lab, 40)
+        for m, acc in (("good", 0.9), ("bad", 0.4)):
+            pred = np.where(rng.random(40) < acc, label, rng.integers(0, n_lab, 40))
+            rows += [(m, task, i, int(y), int(p), int(y == p)) for i, (y, p) in enumerate(zip(label, pred))]
+    df = pd.DataFrame(rows, columns=["method", "task", "example", "label", "pred", "correct"])
+    maj = majority_rows(df)
+    assert set(maj["method"]) == {"majority"} and len(maj) == 80
+    for _, g in maj.groupby("task"):
+        assert (g["pred"] == g["label"].value_counts().idxmax()).all()
+    both = pd.concat([df, maj])
+    t = macro_f1_table_ci(both, n_boot=200, seed=1)
+    for (m, task), g in both.groupby(["method", "task"]):
+        want = f1_score(g["label"], g["pred"], average="macro", labels=sorted(set(g["label"]) | set(g["pred"])))
+        got = t[(t["method"] == m) & (t["task"] == task)].iloc[0]
+        assert got["estimate"] == pytest.approx(want) and got["low"] <= want <= got["high"]
+    mean = t[(t["method"] == "good") & (t["task"] == "mean")].iloc[0]
+    assert mean["estimate"] == pytest.approx(t[(t["method"] == "good") & (t["task"] != "mean")]["estimate"].mean())
+    for task, n_lab in (("a", 3), ("b", 2)):  # one class predicted: its F1 <= 1, every other class 0
+        assert t[(t["method"] == "majority") & (t["task"] == task)]["estimate"].iloc[0] <= 1 / n_lab

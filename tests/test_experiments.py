@@ -56,3 +56,51 @@ def test_training_from_a_released_merge_merges_it_again(tmp_path):
     run.release(merged)
     out = run.train(merged, (SMOKE.tasks[0],), "from-merged")
     assert has_weights(out) and has_weights(merged) and len(merges) == 2
+
+
+def test_sequential_pools_pair_and_history(tmp_path):
+    """After step t, ``recall`` and ``uniform`` merge {current, new}; ``recall_history`` merges {base, M_1..M_t}."""
+    import json
+
+    from recall.experiments import sequential
+
+    run, merges = _run(tmp_path)
+    df = sequential(run, methods=("uniform", "recall_history"))
+    assert set(df["method"]) == {"uniform", "recall_history"} and set(df["step"]) == {1, 2, 3}
+    merges = [m for m in merges if m.name.startswith("seq-")]  # not the tuning's merges
+    pools = {}
+    for out in merges:
+        info = json.loads((out / "merge_config.json").read_text())
+        pools[out.name.split("-")[1], out.name.split("-step")[1][0]] = info
+    assert [len(pools["recall_history", s]["models"]) for s in "123"] == [1, 2, 3]
+    assert all(pools["recall_history", s]["options"]["include_base"] for s in "123")
+    assert [len(pools["uniform", s]["models"]) for s in "123"] == [2, 2, 2]
+    assert not pools["uniform", "3"]["options"]["include_base"]
+    # the history is the fine-tuned models of the steps, in order; the pair's first model is the last merge
+    assert pools["uniform", "3"]["models"][0] == str(merges[1])
+
+
+def test_tuning_picks_the_best_validation_point_and_the_scenarios_use_it(tmp_path):
+    import json
+
+    from recall.experiments import multi_tuning, sequential_tuning
+    from recall.tuning import GRIDS
+
+    run, merges = _run(tmp_path, multi_methods=("recall", "task_arithmetic", "uniform", "recall_symmetric"),
+                       sequential_methods=("sft", "ewc", "recall"))
+    t = multi_tuning(run)
+    assert set(t["method"]) == {"recall", "task_arithmetic"}  # the controls follow RECALL; uniform has no knob
+    for m, g in t.groupby("method"):
+        assert len(g) == len(GRIDS[m]) and g["chosen"].sum() == 1
+        best = g.loc[g["chosen"]].iloc[0]
+        assert best["macro_f1"] == g["macro_f1"].max()
+        assert (g[g["macro_f1"] == best["macro_f1"]]["point"].min() == best["point"])  # ties: the earlier point
+        assert set(json.loads(best["options"]).items()) <= set(run.options("multi", m).items())
+    assert run.options("multi", "recall_symmetric")["temperature"] == run.options("multi", "recall")["temperature"]
+    assert "temperature" not in run.options("multi", "uniform")
+    evals = list((run.root / "evals").glob("*.csv"))
+    assert evals and all("-validation-" in f.name for f in evals)  # tuning never scored a test example
+    s = sequential_tuning(run)
+    assert set(s["method"]) == {"recall", "ewc"} and (s.groupby("method")["chosen"].sum() == 1).all()
+    lam = json.loads(s[(s["method"] == "ewc") & s["chosen"]]["options"].iloc[0])["ewc_lambda"]
+    assert run.options("sequential", "ewc") == {"ewc_lambda": lam}

@@ -179,8 +179,8 @@ def test_recall_options_variants_run(tmp_path, tiny_pool):
     base, experts = tiny_pool
     for i, opts in enumerate([dict(selection="random"), dict(similarity="cka_linear"),
                               dict(weighting="centrality"), dict(layerwise=False), dict(include_base=False),
-                              dict(dtype="bfloat16"), dict(bandwidth="models"),
-                              dict(bandwidth="models", weighting="centrality")]):
+                              dict(dtype="bfloat16"), dict(reading="literal", bandwidth="models"),
+                              dict(reading="literal", bandwidth="models", weighting="centrality")]):
         m = get_method("recall", k=4, **opts)
         merge_models(m, experts, tmp_path / f"v{i}", base=base, samples=SAMPLES, progress=False)
         w = m.report()["weights"].to_numpy()

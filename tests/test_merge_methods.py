@@ -35,6 +35,8 @@ ROWS = [
     ("lm_cocktail", {}),
     ("lm_cocktail", {"include_base": False, "temperature": 1.0, "n_samples": 3}),
     ("lm_cocktail", {"alpha": 0.5}),
+    ("uniform", {}),
+    ("uniform", {"include_base": False}),
 ]
 
 

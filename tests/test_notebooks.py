@@ -28,14 +28,16 @@ NOTEBOOKS = ROOT / "notebooks"
 SMOKE = get_profile("smoke")
 OTHER_ORDER = tuple(reversed(SMOKE.task_order))
 FIGURES = {
-    "01_representations": ["adjacent", "interexpert", "to_base"],
-    "02_single_model": ["single_accuracy", "single_diff"],
-    "03_multi_model": ["multi_recall_weights", "multi_accuracy", "multi_diff"],
-    "04_sequential": ["seq_r_matrices", "seq_forgetting", "seq_metrics"],
-    "05_ablations": ["ablation_accuracy", "ablation_diff"],
-    "06_efficiency": ["efficiency"],
+    "00_pilot": ["pilot_losses"],
+    "01_representations": ["interexpert", "interexpert_layers", "adjacent", "to_base"],
+    "02_single_model": ["single_accuracy", "single_accuracy_unseen", "single_diff"],
+    "03_multi_model": ["multi_recall_weights", "multi_accuracy", "multi_accuracy_unseen", "multi_diff"],
+    "04_sequential": [f"seq_r_{m}" for m in SMOKE.sequential_methods] + ["seq_forgetting", "seq_metrics"],
+    "05_ablations": ["ablation_accuracy", "ablation_tasks", "ablation_diff", "recall_readings", "recall_divergence"],
+    "06_efficiency": ["efficiency_memory", "efficiency_time"],
     "07_claims": [],
 }
+FIGURES.update({p.stem: [] for p in sorted(NOTEBOOKS.glob("0*.py")) if p.stem not in FIGURES})  # no figures
 
 
 def _expected(nb: str) -> list[str]:
@@ -65,9 +67,12 @@ def _run(args: list[str], env: dict, timeout: int = 900) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """Every notebook on smoke, then 04 with another task order; returns (results root, replicate stdouts)."""
+    """Every notebook on smoke (the pilot, run only on request, first), then 04 with another task order; returns
+    (results root, replicate stdouts)."""
     root = tmp_path_factory.mktemp("results")
     env = _env(root)
+    _run(["-m", "recall.replicate", "--profile", "smoke", "--notebooks", "00", "--results-root", str(root),
+          "--no-progress"], env)
     first = _run(["-m", "recall.replicate", "--profile", "smoke", "--results-root", str(root), "--no-progress"], env)
     order = "[" + ", ".join(OTHER_ORDER) + "]"
     second = _run(["-m", "recall.replicate", "--profile", "smoke", "--notebooks", "04", "--results-root", str(root),
@@ -83,6 +88,8 @@ def test_replicate_writes_every_table_figure_and_provenance(smoke_run):
     res = root / "smoke"
     assert "estimated time" in out  # the budget plan comes first
     assert "wall time per notebook" in out
+    assert "01_representations: training expert-" in out  # the kernels' progress, streamed
+    assert "without encryption" not in out
     prov = json.loads((res / "provenance.json").read_text())["notebooks"]
     for nb in FIGURES:
         files = [f for f in _expected(nb) if f != "merge_speed.csv"]
@@ -130,10 +137,13 @@ def test_tables_have_intervals_and_claims_cover_every_baseline(smoke_run):
     claims = pd.read_csv(res / "claims.csv")
     assert list(claims["claim"]) == ["C1", "C2", "C3", "C4", "C5"]
     comp = pd.read_csv(res / "claim_comparisons.csv")
-    from recall.catalog import label, merge_baselines
+    from recall.catalog import label, merge_baselines, merge_controls
 
     c2 = comp[comp["claim"] == "C2"]
-    assert set(c2["comparison"]) == {f"RECALL - {label(b)}" for b in merge_baselines()}  # none silently dropped
+    verdict = c2[c2["in_verdict"].astype(bool)]
+    assert set(verdict["comparison"]) == {f"RECALL - {label(b)}" for b in merge_baselines()}  # none silently dropped
+    shown = {f"RECALL - {label(c)}" for c in merge_controls() if c in SMOKE.multi_methods}
+    assert shown and shown <= set(c2["comparison"])  # the controls, beside the verdict
 
 
 def test_sequential_other_order_goes_to_its_subfolder(smoke_run):
@@ -169,8 +179,17 @@ def test_book_builds_from_smoke_results(smoke_run, tmp_path):
     assert "results/smoke/claims.csv" in claims  # every table names its source file
     seq = (html / "sequential.html").read_text()
     assert " &gt; ".join(OTHER_ORDER) in seq
-    assert "Not run in this profile" not in (html / "multi_model.html").read_text()
+    multi = (html / "multi_model.html").read_text()
+    assert "Not run in this profile" not in multi
+    assert 'image-reference" href="../_images/multi_accuracy.png"' in multi  # each figure links to its PNG
+    assert "results/smoke/multi_train.csv" in multi and "03_multi_model.ipynb" in multi  # sources, notebook
+    assert "Discordant examples" in multi and "p_exact_greater" in multi.replace("\u200b", "")  # per task
     assert list((tmp_path / "_build" / "html" / "_images").glob("*.png"))
+    archive = list((tmp_path / "_build" / "html" / "_downloads").glob("*/results-smoke.zip"))
+    import zipfile
+
+    assert archive and "smoke/provenance.json" in zipfile.ZipFile(archive[0]).namelist()
+    assert "Not measured in this checkout" in (html / "efficiency.html").read_text()  # no benchmark file there
     assert _snapshot(ROOT / "book") == before  # the repository's book/ is not written
 
 
@@ -230,12 +249,67 @@ def test_replicate_arguments_and_jobs():
     assert names[-1] == "07_claims" and "04_sequential-seed2-order-" + "-".join(gpu.extra_orders[1]) in names
 
 
+def test_budget_plan_covers_only_the_selected_notebooks():
+    from recall.profiles import plan
+
+    cpu = get_profile("cpu")
+    assert {w for w, _, _ in plan(cpu).rows} <= set(replicate.PLAN_ROWS)  # every row belongs to some notebook
+    assert [w for w, _, _ in replicate.selected_plan(cpu, ["04_sequential", "07_claims"]).rows] == [
+        "experts (one per task)", "base model evaluation", "sequential chains"]
+    assert replicate.selected_plan(cpu, ["06_efficiency", "07_claims"]).rows == []
+    gpu = get_profile("gpu")  # one seed and one given order cost less than the profile's seeds and orders
+    full = replicate.selected_plan(gpu, ["04_sequential"]).seconds()
+    assert replicate.selected_plan(gpu, ["04_sequential"], [0], one_order=True).seconds() < full / 3
+
+
+def test_progress_lines_name_the_unit_and_the_time_left(tmp_path, monkeypatch):
+    from tqdm import std
+    from tqdm.auto import tqdm as auto_tqdm
+
+    from recall import progress
+
+    def run(desc, steps):
+        bar = auto_tqdm(total=steps, desc=desc, unit="step", mininterval=0)
+        for _ in range(steps):
+            bar.update(1)
+        bar.close()
+
+    monkeypatch.setattr(std.tqdm, "__init__", std.tqdm.__dict__["__init__"])  # undone after the test
+    monkeypatch.delenv(progress.ENV, raising=False)
+    assert not progress.install()  # not under the driver: bars stay as they are
+    lines = tmp_path / "progress"
+    assert progress.install(lines)
+    with progress.unit("training expert-trec"):
+        run("lora fine-tuning", 4)
+    with progress.unit("scoring expert-trec on trec"):
+        run("scoring trec", 3)  # a short bar right after another line says nothing: no flood
+    got = lines.read_text().splitlines()
+    assert got[0] == "training expert-trec (lora fine-tuning): step 0/4"
+    assert got[1].startswith("training expert-trec (lora fine-tuning): step 4/4, done in ") and len(got) == 2
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    progress.install(tmp_path / "every")
+    run("lora fine-tuning", 4)
+    got = (tmp_path / "every").read_text().splitlines()
+    assert len(got) == 5 and got[1].startswith("lora fine-tuning: step 1/4, about ") and got[1].endswith(" left")
+    assert progress.line("scoring", 30, 120, "batch", 60.0) == "scoring: batch 30/120, about 3 min left"
+
+
 def test_replicate_rejects_unknown_parameter(tmp_path):
     assert replicate.main(["--profile", "smoke", "--notebooks", "01", "--param", "task_order=[a]",
                            "--results-root", str(tmp_path)]) == 2
 
 
-def test_plots_return_figures_without_pyplot():
+def _readable(fig) -> None:
+    """At most plots.WIDTH inches wide and no visible text under plots.MIN_FONT points."""
+    width = fig.get_size_inches()[0]
+    assert width <= plots.WIDTH + 1e-9, f"{fig._suptitle.get_text()!r}: {width} in wide"
+    fig.canvas.draw()
+    small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(lambda a: hasattr(a, "get_fontsize"))
+             if t.get_visible() and t.get_text().strip() and t.get_fontsize() < plots.MIN_FONT - 1e-9]
+    assert not small, f"{fig._suptitle.get_text()!r}: text under {plots.MIN_FONT} pt: {small[:5]}"
+
+
+def test_plots_return_readable_figures_without_pyplot():
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.figure import Figure
@@ -246,17 +320,36 @@ def test_plots_return_figures_without_pyplot():
                      columns=["method", "task", "estimate", "low", "high", "n"])
     R = {m: pd.DataFrame(np.random.default_rng(0).random((3, 4)), index=pd.Index([1, 2, 3], name="step"),
                          columns=["trec", "sms", "rt", "amazon"]) for m in ("sft", "recall")}
+    layers = pd.DataFrame([(m, layer, meas, 0.9) for m in ("base", "expert-trec") for layer in range(4)
+                           for meas in ("rbf", "cka_linear")], columns=["model", "layer", "measure", "similarity"])
+    pairwise = pd.DataFrame([(layer, a, b, "rbf", 1.0 if a == b else 0.9) for layer in range(4)
+                             for a in ("expert-trec", "expert-sms") for b in ("expert-trec", "expert-sms")],
+                            columns=["layer", "model_a", "model_b", "measure", "similarity"])
+    eff = pd.DataFrame({"models": [2, 3, 2, 3], "engine": ["s", "s", "m", "m"], "wall_s": [1, 2, 1, 2],
+                        "peak_rss_mib": [5, 6, 7, 8]})
+    abl = t.rename(columns={"method": "variant"}).replace({"recall": "default"})
     figs = [
-        plots.method_accuracy({"a": t, "b": t}, "profile x"),
+        plots.method_accuracy(t, "profile x"),
         plots.difference_forest(t.assign(comparison=t["method"] + t["task"]), "profile x"),
-        plots.ablation_plot(t.rename(columns={"method": "variant"}).replace({"recall": "default"}), "profile x"),
+        plots.ablation_means(abl, "profile x"),
+        plots.ablation_tasks(abl, "profile x"),
         plots.weights_heatmap(pd.DataFrame(np.full((5, 3), 1 / 3), columns=["base", "model 0", "model 1"]), "x"),
-        plots.r_matrix_heatmaps(R, "x", n_seq=3),
+        plots.r_matrix_heatmap(R["recall"], "recall", "x", n_seq=3),
         plots.forgetting_curves(R, ["trec", "sms", "rt"], "x"),
-        plots.efficiency_plot(pd.DataFrame({"models": [2, 3, 2, 3], "engine": ["s", "s", "m", "m"],
-                                            "wall_s": [1, 2, 1, 2], "peak_rss_mib": [5, 6, 7, 8]}), "x"),
+        plots.efficiency_plot(eff, "x", "memory"),
+        plots.efficiency_plot(eff, "x", "time"),
+        plots.adjacent_similarity(layers, "x"),
+        plots.interexpert_curve(pairwise.groupby(["measure", "layer"], as_index=False)["similarity"].mean(), "x"),
+        plots.interexpert_heatmaps(pairwise, "x"),
     ]
     assert all(isinstance(f, Figure) for f in figs)
+    for f in figs:
+        _readable(f)
     assert plt.get_fignums() == before
+    with pytest.raises(ValueError, match="measure must be one of"):
+        plots.efficiency_plot(eff, "x", "speed")
     assert plots.where(SMOKE) == "profile smoke, tiny random Llama"
     assert plots.method_label("expert-trec") == "Expert TREC"
+    assert plots.sources("seq_r_sft") == ("R_sft",) and plots.sources("multi_accuracy") == ("multi_train",)
+    drawn = {n for nb, names in FIGURES.items() for n in names}
+    assert all(plots.sources(n) for n in drawn)  # every figure names the tables it is drawn from

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.representations import layer_representations
+from recall.representations import layer_representations, shared_affixes
 from recall.tiny import make_tiny_checkpoint
 
 TEXTS = ["the quick brown fox jumps over the lazy dog and keeps running", "hi", "what who where",
@@ -35,7 +35,7 @@ def test_shape_dtype_and_order(model_tok):
     torch.testing.assert_close(r[:, 1:2], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["mean", "last", "content"])
 @pytest.mark.parametrize("side,batch_size", [("left", 1), ("left", 4), ("right", 1), ("right", 3), ("right", 8)])
 def test_padding_side_and_batch_size_invariance(model_tok, pooling, side, batch_size):
     model, tok = model_tok
@@ -89,7 +89,9 @@ def test_training_mode_restored(model_tok):
 
 @pytest.mark.parametrize("texts,kw,match", [
     ([], {}, "empty list of texts"),
-    (["a"], {"pooling": "max"}, "mean, last"),
+    (["a"], {"pooling": "max"}, "content, mean, last"),
+    (["a b c", "a d c"], {"pooling": "content", "trim": (2, 2)}, "no tokens left"),
+    (["a b c", "a d c"], {"pooling": "content", "trim": (-1, 0)}, "two integers >= 0"),
     (["a", ""], {}, r"positions \[1\]"),
     (["a"], {"batch_size": 0}, "batch_size"),
 ])
@@ -97,3 +99,36 @@ def test_errors(model_tok, texts, kw, match):
     model, tok = model_tok
     with pytest.raises(ValueError, match=match):
         layer_representations(model, tok, texts, progress=False, **kw)
+
+
+TEMPLATED = [f"<|user|> Classify this text please. Text: {w} ok? Answer with one word. <|assistant|>"
+             for w in ["stocks fell sharply", "the team won", "free prize call now", "rain"]]
+
+
+def test_shared_affixes_are_the_template(model_tok):
+    _, tok = model_tok
+    pre, suf = shared_affixes(tok, TEMPLATED)
+    ids = [tok(t)["input_ids"] for t in TEMPLATED]
+    assert pre > 0 and suf > 0
+    assert all(x[:pre] == ids[0][:pre] and x[len(x) - suf:] == ids[0][len(ids[0]) - suf:] for x in ids)
+    assert len({x[pre] for x in ids}) > 1 and len({x[len(x) - suf - 1] for x in ids}) > 1  # maximal
+    assert shared_affixes(tok, TEMPLATED[:1]) == (0, 0)
+    assert shared_affixes(tok, [TEMPLATED[0]] * 3) == (len(ids[0]) - 1, 0)  # one token is always left
+
+
+def test_content_pooling_is_the_mean_of_the_own_tokens(model_tok):
+    model, tok = model_tok
+    pre, suf = shared_affixes(tok, TEMPLATED)
+    got = layer_representations(model, tok, TEMPLATED, pooling="content", progress=False)
+    for i, text in enumerate(TEMPLATED):
+        enc = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            hs = model(**enc, output_hidden_states=True).hidden_states
+        n = enc["input_ids"].shape[1]
+        want = torch.stack([h[0, pre:n - suf].mean(0) for h in hs])
+        torch.testing.assert_close(got[:, i], want, atol=1e-5, rtol=0)
+    # an explicit trim measured on the whole set pools a subset over the same positions
+    sub = layer_representations(model, tok, TEMPLATED[:2], pooling="content", trim=(pre, suf), progress=False)
+    torch.testing.assert_close(sub, got[:, :2], atol=1e-5, rtol=0)
+    whole = layer_representations(model, tok, TEMPLATED, pooling="mean", progress=False)
+    assert not torch.allclose(whole, got)

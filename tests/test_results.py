@@ -33,3 +33,47 @@ def test_blas_description_names_the_libraries():
 
     text = results.blas_description()
     assert "threads" in text and "unknown" not in text
+
+
+def test_results_root_is_the_checkout_a_run_starts_in(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECALL_RESULTS", raising=False)
+    (tmp_path / "checkout" / "notebooks").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "checkout" / "notebooks")  # where a notebook's kernel runs
+    assert results.results_root() == (tmp_path / "checkout" / "results").resolve()
+    monkeypatch.setenv("RECALL_RESULTS", str(tmp_path / "elsewhere"))
+    assert results.results_root() == tmp_path / "elsewhere"
+    assert results.results_root(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.delenv("RECALL_RESULTS")
+    monkeypatch.chdir(tmp_path)  # no notebooks/ here or above: never the installed package's folder
+    import pytest
+
+    with pytest.raises(results.NoCheckout, match="RECALL_RESULTS"):
+        results.results_root()
+    assert results.git_commit() == "unknown"
+
+
+def test_redraw_replaces_a_runs_figures_and_touches_no_table(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from recall.plots import DPI
+
+    cpu = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    folder = tmp_path / "cpu"
+    folder.mkdir()
+    shutil.copy(cpu / "efficiency.csv", folder)
+    entry = json.loads((cpu / "provenance.json").read_text())["notebooks"]["06_efficiency"]
+    entry["files"] = ["efficiency.csv", "efficiency.png"]  # a figure the plots no longer draw
+    (folder / "provenance.json").write_text(json.dumps({"notebooks": {"06_efficiency": entry}}))
+    (folder / "efficiency.png").write_bytes(b"old")
+    table = (folder / "efficiency.csv").read_bytes()
+    assert results.redraw(folder) == {"06_efficiency": ["efficiency_memory", "efficiency_time"]}
+    assert (folder / "efficiency.csv").read_bytes() == table and not (folder / "efficiency.png").exists()
+    new = json.loads((folder / "provenance.json").read_text())["notebooks"]["06_efficiency"]
+    assert new["files"] == ["efficiency.csv", "efficiency_memory.png", "efficiency_time.png"]
+    assert new["redrawn"]["figures"] == ["efficiency_memory", "efficiency_time"]
+    from recall.book import png_size
+
+    width, _, dpi = png_size(folder / "efficiency_time.png")
+    assert round(dpi) == DPI and width / dpi <= 7.0 + 1e-6

@@ -296,7 +296,7 @@ CASES = [
     Case("batch-size-0", lambda ws: merge("--batch-size", "0"), r"--batch-size must be an integer >= 1, got 0"),
     Case("bad-dtype", lambda ws: merge("--dtype", "int8"), r"recall merge: error: argument --dtype: invalid choice"),
     Case("dry-run-k-too-large", lambda ws: [a if a != "2" else "50" for a in recall_merge("--dry-run")],
-         r"k=50 typical samples requested but only 8 samples given"),
+         r"k=50 typical samples requested but only 8 samples of the new task given"),
     Case("dry-run-out-exists", lambda ws: merge("--dry-run", out="prev"), r"output folder prev already exists",
          _merge_output),
     Case("dry-run-bad-option", lambda ws: merge("--dry-run", "-o", "include_base=2"),

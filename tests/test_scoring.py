@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.scoring import label_loglik, score_task
+from recall.scoring import CONTENT_FREE, label_loglik, label_scores, score_task
 from recall.tasks import get_task, load_task
 from recall.tiny import make_tiny_checkpoint
 
@@ -23,7 +23,7 @@ def tiny(request, tmp_path_factory):
     return model, tok
 
 
-def _reference(model, tok, prompts, cands):
+def _reference(model, tok, prompts, cands, reduce="sum"):
     out = np.zeros((len(prompts), len(cands)))
     for i, p in enumerate(prompts):
         pi = tok(p, add_special_tokens=False)["input_ids"]
@@ -32,7 +32,8 @@ def _reference(model, tok, prompts, cands):
             ids = torch.tensor([pi + ci])
             with torch.no_grad():
                 lp = torch.log_softmax(model(ids).logits[0].double(), -1)
-            out[i, j] = sum(lp[len(pi) - 1 + k, t].item() for k, t in enumerate(ci))
+            per_token = [lp[len(pi) - 1 + k, t].item() for k, t in enumerate(ci)]
+            out[i, j] = {"sum": sum(per_token), "mean": sum(per_token) / len(ci), "first": per_token[0]}[reduce]
     return out
 
 
@@ -45,8 +46,38 @@ def test_label_loglik_matches_reference(tiny, batch_size, share_prefix):
     np.testing.assert_allclose(got, ref, atol=2e-4)
 
 
+@pytest.mark.parametrize("reduce", ["mean", "first"])
+def test_length_normalized_and_first_token_match_reference(tiny, reduce):
+    model, tok = tiny
+    got = label_loglik(model, tok, PROMPTS, CANDS, batch_size=2, progress=False, reduce=reduce)
+    np.testing.assert_allclose(got, _reference(model, tok, PROMPTS, CANDS, reduce), atol=2e-4)
+
+
+def test_calibrated_scores_divide_out_the_content_free_prior(tiny):
+    model, tok = tiny
+    task = get_task("rt")
+    texts = ["a wonderful film", "dull and long", "fine"]
+    got = label_scores(model, tok, task, texts, max_text_tokens=16, progress=False, scoring="calibrated")
+    words = [task.answer(i) for i in range(len(task.labels))]
+
+    def probs(ts):
+        ll = _reference(model, tok, [task.prompt(t, tok, 16) for t in ts], words)
+        p = np.exp(ll - ll.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    want = np.log(probs(texts)) - np.log(probs(CONTENT_FREE).mean(0))[None]
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    # the content-free inputs themselves come out with their prior removed: on average no label is favoured
+    free = label_scores(model, tok, task, CONTENT_FREE, max_text_tokens=16, progress=False, scoring="calibrated")
+    np.testing.assert_allclose(np.exp(free).mean(0), 1.0, atol=1e-3)
+
+
 def test_label_loglik_bad_input(tiny):
     model, tok = tiny
+    with pytest.raises(ValueError, match="unknown reduce"):
+        label_loglik(model, tok, PROMPTS, CANDS, reduce="max")
+    with pytest.raises(ValueError, match="unknown scoring"):
+        label_scores(model, tok, get_task("rt"), ["x"], scoring="vote")
     with pytest.raises(ValueError, match="no prompts"):
         label_loglik(model, tok, [], CANDS)
     with pytest.raises(ValueError, match="no candidate"):

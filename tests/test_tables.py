@@ -106,7 +106,12 @@ def test_multi_model_tables_by_hand():
     assert train["recall", MEAN] == pytest.approx(0.625)
     norm = out["multi_normalized"].set_index(["method", "task"])["estimate"]
     assert norm["recall", "a"] == pytest.approx(0.5 / 0.75) and norm["recall", "b"] == pytest.approx(1.0)
-    assert set(out["multi_unseen"]["method"]) == {"base", "recall", "average"}
+    assert set(out["multi_unseen"]["method"]) == {"base", "recall", "average", "majority"}
+    # the majority class of each task's examples, predicted for all of them
+    lab = df.drop_duplicates(["task", "example"]).groupby("task")["label"].agg(lambda x: (x == x.mode()[0]).mean())
+    assert train["majority", "a"] == pytest.approx(lab["a"]) and "majority" not in set(out["multi_diff"]["other"])
+    f1 = out["multi_f1"].set_index(["scope", "method", "task"])["estimate"]
+    assert ("training", "recall", MEAN) in f1.index and ("unseen", "majority", "u") in f1.index
     d = out["multi_diff"].set_index(["other", "scope", "task"])["estimate"]
     assert d["average", "training tasks", MEAN] == pytest.approx(0.25)
     assert d["average", "unseen tasks", "u"] == pytest.approx(0.25)

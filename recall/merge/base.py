@@ -157,8 +157,12 @@ class MergeMethod(ABC):
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""  # the name in tables and figures (default: the registered name)
     # "baseline": a merging baseline that RECALL is compared with in every verdict; "method": RECALL itself;
-    # "tool": a building block, not a method of the comparison (layer_linear)
+    # "tool": a building block, not a method of the comparison (layer_linear); "control": a variant that
+    # isolates one part of RECALL (uniform weights over its pool, each model as M_N), reported beside it
     role: ClassVar[str] = "baseline"
+    # what the sequential scenario merges after step t: "pair" {current model, new model} or "history"
+    # {base, M_1..M_t} (every step's fine-tuned model)
+    sequential_pool: ClassVar[str] = "pair"
     needs_base: ClassVar[bool] = False
     needs_samples: ClassVar[bool] = False
     reference: ClassVar[str] = ""

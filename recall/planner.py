@@ -1,0 +1,144 @@
+"""How long a replicate of a profile takes, per notebook, from rates measured on the machine it runs on.
+
+Every unit a notebook computes is counted the way the code computes it: a training is its examples x epochs x
+tokens per example; an evaluation is its examples (scoring reads the prompt after the prefix all prompts share,
+so an example costs about the same whatever the model); a merge costs a fixed time by method, plus the
+representation pass for RECALL (each pool model reads the typical samples, M_N all candidates); tuning is its
+grid's merges and validation evaluations (``recall.tuning``); a sequential chain trains every step and is scored
+on the tasks seen so far after each step (the lower triangle of R) and on every task at the end.
+
+``RATES`` were measured on 2 idle CPU cores with SmolLM2-135M (the cpu profile's provenance, December 2026):
+``python -m recall.planner --profile cpu`` prints the plan; provenance records each notebook's wall time beside
+its estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .profiles import Profile, get_profile
+
+
+@dataclass(frozen=True)
+class Rates:
+    train_s_per_token: float = 0.0043  # LoRA step, 2 threads (training.json: 4.35 s per 1k tokens)
+    template_tokens: int = 60  # chat template, system prompt, instruction and label options of a training example
+    eval_s_per_example: float = 0.044  # rank classification at max_text_tokens = 40, batch 32
+    load_s: float = 1.5  # loading a model folder
+    merge_s: float = 1.5  # a streaming merge: fixed part ...
+    merge_s_per_model: float = 0.6  # ... and per SmolLM2-135M checkpoint read
+    reps_s_per_text: float = 0.11  # RECALL's representation pass, per text per model
+    fisher_s_per_example: float = 0.12  # EWC's Fisher diagonal
+
+
+RATES = Rates()
+# seconds per pool model over a plain merge (TIES' sign election, DARE's masks, LM-Cocktail's losses)
+EXPENSIVE_MERGES = {"ties": 4.0, "dare": 2.5, "magmax": 1.5, "lm_cocktail": 1.5}
+
+
+def _train_s(p: Profile, n_examples: int, r: Rates) -> float:
+    return n_examples * p.epochs * (r.template_tokens + p.max_text_tokens) * r.train_s_per_token
+
+
+def _eval_s(p: Profile, n_examples: int, r: Rates) -> float:
+    return n_examples * r.eval_s_per_example * (10 + p.max_text_tokens) / 50
+
+
+def _merge_s(p: Profile, method: str, pool: int, r: Rates) -> float:
+    s = r.merge_s + pool * (r.merge_s_per_model + EXPENSIVE_MERGES.get(method, 0.0))
+    if method.startswith("recall"):
+        anchors = pool - 1 if method == "recall_symmetric" else 1
+        s += anchors * (p.n_candidates + p.recall_k * (pool - 1)) * r.reps_s_per_text
+    return s
+
+
+def estimate(p: Profile, rates: Rates = RATES) -> pd.DataFrame:
+    """One row per unit: notebook, unit, count, seconds (for every seed and task order of the profile)."""
+    from .tuning import GRIDS, knob_of
+
+    r = rates
+    T, U = len(p.tasks), len(p.unseen)
+    seeds, orders = len(p.seeds), 1 + len(p.extra_orders)
+    rows = []
+
+    def add(nb, unit, count, seconds):
+        rows.append((nb, unit, count, seconds))
+
+    expert = _train_s(p, p.n_train, r)
+    add("01_representations", "experts and the null expert (trainings)", (T + 1) * seeds, (T + 1) * expert * seeds)
+    add("01_representations", "representation pass", seeds, seeds * (T + 2) * (32 * r.reps_s_per_text + r.load_s))
+    n_single = T * (2 + len(p.single_methods)) * seeds
+    add("02_single_model", "merges", T * len(p.single_methods) * seeds,
+        sum(_merge_s(p, m, 2, r) for m in p.single_methods) * T * seeds)
+    add("02_single_model", "evaluations", n_single, n_single * (_eval_s(p, (1 + U) * p.n_test, r) + r.load_s))
+    tunable = [m for m in dict.fromkeys(knob_of(m) for m in p.multi_methods) if m and m != "ewc"] if p.tune else []
+    grid = sum(len(GRIDS[m]) for m in tunable)
+    add("03_multi_model", "tuning on validation (merges and evaluations)", grid * seeds,
+        seeds * sum(len(GRIDS[m]) * (_merge_s(p, m, T + 1, r) + _eval_s(p, T * p.n_val, r) + r.load_s)
+                    for m in tunable))
+    add("03_multi_model", "multi-task training", seeds if p.multitask else 0,
+        seeds * _train_s(p, T * p.n_train, r) if p.multitask else 0.0)
+    add("03_multi_model", "merges", len(p.multi_methods) * seeds,
+        seeds * sum(_merge_s(p, m, T + 1, r) for m in p.multi_methods))
+    n_models = 1 + len(p.multi_methods) + (1 if p.multitask else 0)
+    add("03_multi_model", "evaluations", (n_models + T) * seeds,
+        seeds * (n_models * (_eval_s(p, (T + U) * p.n_test, r) + r.load_s)
+                 + T * (_eval_s(p, (1 + U) * p.n_test, r) + r.load_s)))
+    chains = seeds * orders
+    merging = [m for m in p.sequential_methods if m not in ("sft", "ewc")]
+    seq_tune = [m for m in dict.fromkeys(knob_of(m) for m in p.sequential_methods) if m] if p.tune else []
+    tune_s = 0.0
+    if seq_tune:
+        tune_s += expert  # step 2 learned from the expert of task 1
+        for m in seq_tune:
+            per_point = _eval_s(p, 2 * p.n_val, r) + r.load_s
+            per_point += expert if m == "ewc" else _merge_s(p, m, 2, r)
+            tune_s += len(GRIDS[m]) * per_point
+        if "ewc" in seq_tune:
+            tune_s += (p.ewc_samples or p.n_train) * r.fisher_s_per_example
+    add("04_sequential", "tuning on the first two steps (validation)", chains, chains * tune_s)
+    add("04_sequential", "chain trainings", chains * len(p.sequential_methods) * T,
+        chains * len(p.sequential_methods) * T * expert
+        + chains * (p.ewc_samples or p.n_train) * (T - 1) * r.fisher_s_per_example * ("ewc" in p.sequential_methods))
+    add("04_sequential", "chain merges", chains * len(merging) * T,
+        chains * T * sum(_merge_s(p, m, (T if m == "recall_history" else 2) + (m == "recall_history"), r)
+                         for m in merging))
+    seen = T * (T + 1) // 2 + U
+    add("04_sequential", "chain evaluations", chains * len(p.sequential_methods) * T,
+        chains * len(p.sequential_methods) * (_eval_s(p, seen * p.n_test, r) + T * r.load_s))
+    add("05_ablations", "merges and evaluations", (1 + len(p.ablations)) * seeds,
+        seeds * (1 + len(p.ablations)) * (_merge_s(p, "recall", T + 1, r) + _eval_s(p, T * p.n_test, r) + r.load_s))
+    add("06_efficiency", "merge benchmark", 1, 40.0)
+    return pd.DataFrame(rows, columns=["notebook", "unit", "count", "seconds"])
+
+
+def per_notebook(p: Profile, notebooks=None, rates: Rates = RATES) -> pd.Series:
+    """Estimated seconds per notebook (only ``notebooks`` when given)."""
+    est = estimate(p, rates)
+    s = est.groupby("notebook", sort=False)["seconds"].sum()
+    return s if notebooks is None else s[[n for n in s.index if n in set(notebooks)]]
+
+
+def report(p: Profile, notebooks=None, rates: Rates = RATES) -> str:
+    est = estimate(p, rates)
+    if notebooks is not None:
+        est = est[est["notebook"].isin(set(notebooks))]
+    lines = [f"{'notebook':20s} {'unit':48s} {'count':>6s} {'minutes':>8s}"]
+    lines += [f"{n:20s} {u:48s} {c:6d} {s / 60:8.1f}" for n, u, c, s in est.itertuples(index=False)]
+    lines.append(f"{'total':20s} {'':48s} {'':6s} {est['seconds'].sum() / 60:8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m recall.planner", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu")
+    args = ap.parse_args(argv)
+    print(report(get_profile(args.profile)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
