@@ -100,9 +100,16 @@ class Notebook:
 
     def provenance(self) -> None:
         """Record this run in ``provenance.json``."""
+        import dataclasses
+
         from IPython.display import Markdown, display
 
-        self.res.provenance(self.profile, self.params, self.run.timings)
+        from .planner import per_notebook
+
+        one = dataclasses.replace(self.profile, seeds=(self.params["seed"],), extra_orders=())  # this run's chain
+        planned = per_notebook(one, [self.name])
+        self.res.provenance(self.profile, self.params, self.run.timings,
+                            planned_s=float(planned.iloc[0]) if len(planned) else None)
         display(Markdown(f"Wrote {len(set(self.res.files))} files to `{self.res.dir}`; step timings (s): "
                          f"{self.run.timings}"))
 

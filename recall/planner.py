@@ -129,6 +129,8 @@ def report(p: Profile, notebooks=None, rates: Rates = RATES) -> str:
     lines = [f"{'notebook':20s} {'unit':48s} {'count':>6s} {'minutes':>8s}"]
     lines += [f"{n:20s} {u:48s} {c:6d} {s / 60:8.1f}" for n, u, c, s in est.itertuples(index=False)]
     lines.append(f"{'total':20s} {'':48s} {'':6s} {est['seconds'].sum() / 60:8.1f}")
+    lines.append(f"estimated time: {est['seconds'].sum() / 60:.0f} min on 2 idle CPU cores (recall.planner.RATES, "
+                 f"SmolLM2-135M; units already cached cost nothing)")
     return "\n".join(lines)
 
 

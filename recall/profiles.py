@@ -2,9 +2,10 @@
 
 - ``smoke``: a tiny random model and a handful of examples; exercises every code path in about a
   minute (tests and CI run every notebook with it). Its numbers mean nothing.
-- ``quick``: SmolLM2-135M, small splits, fewer methods; about 15 minutes on 2 CPU cores.
-- ``cpu``: the default of ``tox -e replicate``; SmolLM2-135M on 2 CPU cores, sized to finish in
-  about 90 minutes (see ``plan``).
+- ``quick``: SmolLM2-135M, small splits, fewer methods; about 30 minutes on 2 idle CPU cores
+  (``python -m recall.planner --profile quick``).
+- ``cpu``: the default of ``tox -e replicate``; SmolLM2-135M on 2 CPU cores, to be sized to finish in
+  90 minutes; ``python -m recall.planner --profile cpu`` prints the current estimate per notebook.
 - ``gpu``: paper scale on one GPU: more data, three task orders, three seeds, any model.
 
 Any field can be overridden: ``get_profile("cpu", n_test=200)``.
@@ -166,7 +167,7 @@ PROFILES: dict[str, Profile] = {
         single_methods=("recall", "average", "task_arithmetic", "ties"),
         multi_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail", "uniform"),
         sequential_methods=("sft", "recall", "uniform"), multitask=False, ablations=("random_samples", "global_weight"),
-        n_boot=500, notes="SmolLM2-135M, small splits; about 15 minutes on 2 cores"),
+        n_boot=500, notes="SmolLM2-135M, small splits; about 30 minutes on 2 idle cores"),
     "cpu": Profile(
         name="cpu", n_train=64, n_val=100, n_test=200, max_text_tokens=40, recall_k=16, n_candidates=64,
         single_methods=("recall", "average", "task_arithmetic", "ties", "lm_cocktail"),
@@ -218,53 +219,3 @@ def get_profile(name: str, **overrides) -> Profile:
     fixed = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
              for k, v in overrides.items()}
     return dataclasses.replace(p, **fixed)
-
-
-@dataclass
-class Budget:
-    train_tokens: int = 0
-    eval_tokens: int = 0
-    rows: list = field(default_factory=list)
-
-    def add(self, what: str, train: int = 0, evals: int = 0):
-        self.train_tokens += train
-        self.eval_tokens += evals
-        self.rows.append((what, train, evals))
-
-    def seconds(self, train_ms: float = 9.0, eval_ms: float = 1.2) -> float:
-        return (self.train_tokens * train_ms + self.eval_tokens * eval_ms) / 1000
-
-    def report(self, train_ms: float = 9.0, eval_ms: float = 1.2) -> str:
-        lines = [f"{'unit':40s} {'train tokens':>13s} {'eval tokens':>12s}"]
-        lines += [f"{w:40s} {t:13,d} {e:12,d}" for w, t, e in self.rows]
-        lines.append(f"{'total':40s} {self.train_tokens:13,d} {self.eval_tokens:12,d}")
-        lines.append(f"estimated time: {self.seconds(train_ms, eval_ms) / 60:.0f} min "
-                     f"(at {train_ms} ms/train token, {eval_ms} ms/eval token, SmolLM2-135M on 2 idle CPU cores; "
-                     f"merging and model loading come on top)")
-        return "\n".join(lines)
-
-
-def plan(profile: Profile, train_tokens_per_example: int = 90, eval_tokens_per_example: int = 45) -> Budget:
-    """Token counts of a full replicate of ``profile`` (rough: prompts average about the given sizes;
-    evaluation reads only the part of the prompt after the shared prefix)."""
-    b = Budget()
-    ex_train = profile.n_train * profile.epochs * train_tokens_per_example
-    per_task_eval = profile.n_test * eval_tokens_per_example
-    n_all = len(profile.tasks) + len(profile.unseen)
-    seeds = len(profile.seeds)
-    b.add("experts (one per task)", train=len(profile.tasks) * ex_train * seeds,
-          evals=len(profile.tasks) * (1 + len(profile.unseen)) * per_task_eval * seeds)
-    b.add("base model evaluation", evals=n_all * per_task_eval * seeds)
-    if profile.multitask:
-        b.add("multi-task training", train=ex_train * len(profile.tasks) // profile.epochs * seeds,
-              evals=n_all * per_task_eval * seeds)
-    b.add("single-model merges", evals=len(profile.single_methods) * len(profile.tasks)
-          * (1 + len(profile.unseen)) * per_task_eval * seeds)
-    b.add("multi-model merges", evals=len(profile.multi_methods) * n_all * per_task_eval * seeds)
-    orders = 1 + len(profile.extra_orders)
-    chains = len([m for m in profile.sequential_methods])
-    T = len(profile.tasks)
-    b.add("sequential chains", train=chains * (T - 1) * ex_train * seeds * orders,
-          evals=chains * (T * T + len(profile.unseen)) * per_task_eval * seeds * orders)
-    b.add("ablations", evals=len(profile.ablations) * len(profile.tasks) * per_task_eval * seeds)
-    return b

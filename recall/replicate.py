@@ -6,7 +6,7 @@
     python -m recall.replicate --profile cpu --param task_order='[trec, bbc, sms, ng, rt]'
     python -m recall.replicate --profile smoke --results-root /tmp/res   # results elsewhere (tests)
 
-First prints the budget plan (``recall.profiles.plan``) of the selected notebooks, then executes the notebooks of
+First prints the budget plan (``recall.planner``) of the selected notebooks, then executes the notebooks of
 ``notebooks/`` in order with papermill's Python API (kernel ``python3``, working folder ``notebooks/``,
 parameters ``profile``, ``seed`` and any extra parameter the notebook declares). Every seed of the
 profile's ``seeds`` is run (``--seed N``: only that one), and the sequential notebook also for each of the
@@ -53,7 +53,7 @@ from pathlib import Path
 import yaml
 
 from .fsutil import CacheBusy, cache_lock
-from .profiles import PROFILES, Budget, check_task_order, get_profile, plan
+from .profiles import PROFILES, check_task_order, get_profile
 from .progress import ENV as PROGRESS_ENV
 from .results import NoCheckout, repo_root, results_root, subdir_for
 
@@ -63,15 +63,6 @@ MAX_TEXT_OUTPUT = 4000  # characters kept of each text output of the executed no
 # the kernels log errors only: not ipykernel's warning "Kernel is running over TCP without encryption" (the kernel
 # listens on localhost, for this process) before every notebook
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
-# the rows of recall.profiles.plan each notebook computes (cached units are shared: a row counts for any of them)
-PLAN_ROWS = {"experts (one per task)": ("01_representations", "02_single_model", "03_multi_model", "04_sequential",
-                                        "05_ablations"),
-             "base model evaluation": ("02_single_model", "03_multi_model", "04_sequential"),
-             "multi-task training": ("03_multi_model",),
-             "single-model merges": ("02_single_model",),
-             "multi-model merges": ("03_multi_model",),
-             "sequential chains": ("04_sequential",),
-             "ablations": ("05_ablations",)}
 
 
 class ReplicateError(ValueError):
@@ -186,19 +177,15 @@ def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds:
     return jobs + last
 
 
-def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one_order: bool = False) -> Budget:
-    """The budget plan (``recall.profiles.plan``) of the rows the notebooks ``stems`` compute (``PLAN_ROWS``; a row
-    not listed there is kept), for ``seeds`` (default the profile's) and, with ``one_order``, the given task order
-    only."""
+def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one_order: bool = False) -> str:
+    """The budget plan (``recall.planner``) of the notebooks ``stems``, for ``seeds`` (default the profile's) and,
+    with ``one_order``, the given task order only."""
+    from .planner import report
+
     changes = {"seeds": tuple(seeds)} if seeds is not None else {}
     if one_order:
         changes["extra_orders"] = ()
-    full = plan(dataclasses.replace(profile, **changes))
-    out = Budget()
-    for what, train, evals in full.rows:
-        if what not in PLAN_ROWS or set(PLAN_ROWS[what]) & set(stems):
-            out.add(what, train=train, evals=evals)
-    return out
+    return report(dataclasses.replace(profile, **changes), stems)
 
 
 class _Tail(threading.Thread):
@@ -357,7 +344,7 @@ def _main(argv=None) -> int:
     stems = sorted({p.stem for p, _ in jobs})
     print(f"recall replicate: profile {profile.name} ({profile.notes}), {len(jobs)} notebook run(s)")
     print(f"budget plan of {', '.join(stems)} (units already cached cost nothing):")
-    print(selected_plan(profile, stems, None if args.seed is None else [args.seed], "task_order" in extra).report())
+    print(selected_plan(profile, stems, None if args.seed is None else [args.seed], "task_order" in extra))
     print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
     with cache_lock():  # one replicate run per experiment cache; a second one exits with a clear message
         return _run_jobs(jobs, root / profile.name / "notebooks", args)

@@ -155,8 +155,10 @@ class Results:
         """Save ``fig`` (a ``recall.plots`` figure) as ``<name>.png``."""
         return self._record(atomic_write_bytes(self.dir / f"{name}.png", png_bytes(fig)))
 
-    def provenance(self, profile, params: dict | None = None, timings: dict | None = None) -> Path:
-        """Record this notebook's run in ``results/<profile>/provenance.json`` (one entry per notebook)."""
+    def provenance(self, profile, params: dict | None = None, timings: dict | None = None,
+                   planned_s: float | None = None) -> Path:
+        """Record this notebook's run in ``results/<profile>/provenance.json`` (one entry per notebook), with the
+        planner's estimate of its cold wall time (``planned_s``) beside the measured one."""
         path = self.profile_dir / "provenance.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         key = self.notebook + (f"/{self.dir.name}" if self.dir != self.profile_dir else "")
@@ -164,6 +166,7 @@ class Results:
             "git_commit": git_commit(),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_time_s": round(time.time() - self.t0, 1),
+            "planned_cold_s": None if planned_s is None else round(float(planned_s), 1),
             "profile": profile.to_dict() if hasattr(profile, "to_dict") else profile,
             "parameters": params or {},
             "device": device_description(getattr(profile, "device", "cpu")),

@@ -23,7 +23,8 @@ def test_choose_scoring_takes_the_best_mean_and_title_case_only_when_it_helps_th
 
 def test_choose_recipe_first_that_meets_the_gate_else_largest_smallest_gain():
     rows = [("cheap", "a", GATE - 0.01, False), ("cheap", "b", 0.5, True),
-            ("mid", "a", GATE, True), ("mid", "b", GATE + 0.1, True), ("dear", "a", 0.9, True), ("dear", "b", 0.9, True)]
+            ("mid", "a", GATE, True), ("mid", "b", GATE + 0.1, True),
+            ("dear", "a", 0.9, True), ("dear", "b", 0.9, True)]
     t = pd.DataFrame(rows, columns=["recipe", "task", "gain", "gate_met"])
     assert choose_recipe(t) == "mid"
     t["gate_met"] = False
