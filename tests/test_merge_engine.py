@@ -367,7 +367,8 @@ def test_similarity_names_match_the_registry():
 
 
 @pytest.mark.parametrize("method,opts", [("layer_linear", None), ("average", {}), ("task_arithmetic", {}),
-                                         ("magmax", {}), ("ties", {}), ("dare", {"p": 0.3})])
+                                         ("magmax", {}), ("ties", {}), ("dare", {"p": 0.3}),
+                                         ("dare", {"p": 0.3, "combine": "ties"})])
 def test_chunked_streaming_is_bit_identical(tmp_path, tiny_pool, monkeypatch, method, opts):
     import recall.merge.engine as engine
 
@@ -379,6 +380,7 @@ def test_chunked_streaming_is_bit_identical(tmp_path, tiny_pool, monkeypatch, me
     ref = _weights(merge_models(get_method(method, **opts), experts, tmp_path / "mem", base=base, engine="memory",
                                 progress=False))
     monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 1000)  # every matrix of the tiny model is chunked
+    monkeypatch.setattr(engine, "STREAM_CHUNK", 333)  # and read in chunks by TIES and DARE
     got = _weights(merge_models(get_method(method, **opts), experts, tmp_path / "chunk", base=base,
                                 engine="streaming", progress=False))
     for n in ref:
@@ -393,3 +395,37 @@ def test_mergekit_filters_follow_the_layer_map(tmp_path, family):
     items = layer_filters(ck.names(), 4)
     for n in ck.names():  # mergekit: the first filter that is a substring of the name wins
         assert next(lay for f, lay in items if f in n) == layer_of(n, 4)
+
+
+# one row per method: the mergekit.yml its merged folder carries (None: no mergekit equivalent)
+MERGEKIT_ROWS = [
+    ("average", {}, "linear", {"normalize": True}, {"weight": 1.0}),
+    ("average", {"include_base": True}, "linear", {"normalize": True}, {"weight": 1.0}),
+    ("task_arithmetic", {"lam": 0.7}, "task_arithmetic", {"normalize": False, "lambda": 0.7}, {"weight": 1.0}),
+    ("ties", {"density": 0.5, "lam": 0.8}, "ties", {"normalize": True, "lambda": 0.8},
+     {"weight": 1.0, "density": 0.5}),
+    ("dare", {"p": 0.8}, "dare_linear", {"normalize": False, "rescale": True, "lambda": 0.3},
+     {"weight": 1.0, "density": pytest.approx(0.2)}),
+    ("dare", {"p": 0.8, "combine": "ties", "density": 1.0}, "dare_ties",
+     {"normalize": True, "rescale": True, "lambda": 1.0}, {"weight": 1.0, "density": pytest.approx(0.2)}),
+    ("dare", {"combine": "ties"}, None, "does not trim by magnitude", None),
+    ("magmax", {}, None, "has no magmax method", None),
+]
+
+
+@pytest.mark.parametrize("name,opts,mk_method,params,per_model", MERGEKIT_ROWS,
+                         ids=[f"{r[0]}-{r[1]}" for r in MERGEKIT_ROWS])
+def test_merged_folder_carries_a_mergekit_yml(tmp_path, tiny_pool, name, opts, mk_method, params, per_model):
+    base, experts = tiny_pool
+    out = merge_models(get_method(name, **opts), experts, tmp_path / "m", base=base, progress=False)
+    card = (out / "README.md").read_text()
+    if mk_method is None:
+        assert not (out / "mergekit.yml").exists() and params in card
+        return
+    cfg = yaml.safe_load((out / "mergekit.yml").read_text())
+    assert cfg["merge_method"] == mk_method and cfg["parameters"] == params and cfg["dtype"] == "float32"
+    pool = [base, *experts] if opts.get("include_base") else experts
+    assert [m["model"] for m in cfg["models"]] == [str(p) for p in pool]
+    assert all(m["parameters"] == per_model for m in cfg["models"])
+    assert cfg.get("base_model") == (None if mk_method == "linear" else str(base))
+    assert "mergekit-yaml mergekit.yml OUT" in card

@@ -116,6 +116,7 @@ def test_overlong_and_unanswered_samples_are_errors(base, samples):
     (dict(lora_targets=()), "lora_targets"), (dict(seed=-1), "seed"), (dict(epochs=True), "epochs"),
     (dict(ewc_lambda=-1.0), "ewc_lambda"), (dict(ewc_gamma=0.0), "ewc_gamma"),
     (dict(ewc_samples=0), "ewc_samples"), (dict(max_grad_norm=0.0), "max_grad_norm"),
+    (dict(group_by_length="yes"), "group_by_length"), (dict(autocast="float16"), "autocast"),
 ])
 def test_bad_config_values_raise(kw, field):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
@@ -128,6 +129,26 @@ def test_config_defaults():
         ("lora", 2, 8, 8, 16, 0.0, 256)
     assert c.learning_rate == 3e-4 and TrainConfig(mode="full").learning_rate == 2e-5
     assert TrainConfig(lora_targets=["q_proj", "v_proj"]).lora_targets == ("q_proj", "v_proj")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_length_grouped_batches_are_seeded_complete_and_pad_less():
+    from recall.training.batching import LengthGroupedBatches, padded_tokens
+
+    lengths = [int(x) for x in torch.randint(5, 60, (100,), generator=torch.Generator().manual_seed(0))]
+    draw = LengthGroupedBatches(lengths, 8, torch.Generator().manual_seed(3), group=4)
+    epochs = [list(draw) for _ in range(3)]
+    again = LengthGroupedBatches(lengths, 8, torch.Generator().manual_seed(3), group=4)
+    assert [list(again) for _ in range(3)] == epochs  # same seed, same batches, epoch after epoch
+    assert epochs[0] != epochs[1] and len(draw) == len(epochs[0]) == 13
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(100))  # every example once per epoch
+        assert sum(len(b) < 8 for b in batches) == 1
+    shuffled = torch.randperm(100, generator=torch.Generator().manual_seed(3)).tolist()
+    plain = [shuffled[i:i + 8] for i in range(0, 100, 8)]
+    assert padded_tokens(epochs[0], lengths) < 0.8 * padded_tokens(plain, lengths)
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -147,6 +168,18 @@ def test_finetune_lowers_loss_and_is_deterministic(base, samples, mode):
     assert same(state(r1.model), state(r2.model))  # same seed -> bit-identical
     r3 = train(base, samples, cfg(mode, seed=1))
     assert not same(state(r1.model), state(r3.model))
+
+
+@pytest.mark.parametrize("over", [dict(group_by_length=False), dict(autocast="bfloat16")])
+def test_batching_and_autocast_options(base, samples, over):
+    r1, r2 = train(base, samples, cfg("lora", **over)), train(base, samples, cfg("lora", **over))
+    assert same(state(r1.model), state(r2.model))  # deterministic for the seed
+    ref = train(base, samples, cfg("lora"))
+    assert r1.tokens == ref.tokens and r1.padded_tokens >= r1.tokens
+    if "group_by_length" in over:  # the old shuffled batches pad more
+        assert r1.padded_tokens > ref.padded_tokens
+    else:  # bf16 autocast: the same training, rounded
+        assert abs(r1.losses[-1] - ref.losses[-1]) < 0.05 * ref.losses[0]
 
 
 def test_max_steps_and_grad_accum(base, samples):

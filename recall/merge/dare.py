@@ -11,7 +11,7 @@ sparsified vectors are then combined by ``combine``:
 - ``"task_arithmetic"`` (default, the combination the paper uses to merge decoder LLMs):
   theta_base + lam * sum_i dare(tau_i)  (``recall.merge.task_arithmetic.add_task_vectors``)
 - ``"ties"``: TIES' trim / elect / disjoint mean on the DARE'd vectors
-  (``recall.merge.ties.ties_combine``), as FusionBench's and MergeLM's DARE + TIES.
+  (``recall.merge.ties.ties_stream``), as FusionBench's and MergeLM's DARE + TIES.
 
 Options:
 - ``p`` (default ``0.9``): drop rate, in [0, 1). 0.9 is the paper's headline setting ("DARE can set
@@ -26,8 +26,14 @@ Options:
 
 Determinism: the masks never touch global RNG state. Each parameter draws from its own CPU
 ``torch.Generator`` seeded from zlib.crc32 of (seed, parameter name), one mask per model in the
-order of the models, so the streaming and in-memory engines (and any device) produce identical
-merges for one seed.
+order of the models (model 0's uniforms, then model 1's, ...), so the streaming and in-memory
+engines (and any device) produce identical merges for one seed.
+
+Streaming: :class:`DroppedVectors` reads the DARE'd task vectors chunk by chunk. torch's CPU
+generator fills a tensor in order, one draw per element, so drawing a mask chunk by chunk gives the
+same uniforms as drawing it whole; the generator's state at the start of each model's mask is kept,
+so the TIES combiner's second pass (chunk by chunk across models) redraws exactly the same masks.
+With task arithmetic, the vectors are summed one model at a time into one float32 buffer.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import torch
 
 from . import task_arithmetic as _ta
 from . import ties as _ties
-from .base import MergeContext, MergeError, MergeMethod, interval, one_of, opt, task_vectors
+from .base import MergeContext, MergeError, MergeMethod, interval, one_of, opt
 from .registry import register
 
 DEFAULT_P = 0.9
@@ -63,8 +69,45 @@ def drop_and_rescale(tv: torch.Tensor, p: float, generator: torch.Generator) -> 
         raise MergeError(f"p must be in [0, 1), got {p}")
     if p == 0.0:
         return tv.clone()
-    keep = torch.rand(tv.shape, generator=generator, dtype=torch.float32).to(tv.device) >= p
-    return torch.where(keep, tv / (1.0 - p), torch.zeros_like(tv))
+    keep = torch.rand(tv.shape, generator=generator, dtype=torch.float32).ge_(p).to(tv.device)  # 1.0 = kept
+    return (tv / (1.0 - p)).mul_(keep)  # a dropped entry may be -0.0: it adds nothing to any sum
+
+
+class DroppedVectors(_ties.TaskVectors):
+    """Chunks of DARE'd task vectors ``drop_and_rescale(tau_i)`` of one parameter, for ``ties_stream``.
+
+    Each model's chunks must be read in order (start 0 restarts it); models may be interleaved. The
+    draws are those of ``drop_and_rescale`` on whole tensors, model after model, from
+    ``tensor_generator(seed, name)``."""
+
+    def __init__(self, inputs, method: str, p: float, seed: int, name: str):
+        super().__init__(inputs, method)
+        self.p = p
+        self._states = [tensor_generator(seed, name).get_state()]  # the generator at the start of model i
+        self._gens: dict[int, tuple[torch.Generator, int]] = {}  # model -> (generator, next start)
+
+    def _state(self, i: int) -> torch.Tensor:
+        while len(self._states) <= i:  # a model whose predecessor was never read to the end: skip its draws
+            g = torch.Generator().set_state(self._states[-1])
+            for _, c in _ties.chunks(self.numel, 1 << 22):
+                torch.rand(c, generator=g)
+            self._states.append(g.get_state())
+        return self._states[i]
+
+    def get(self, i: int, start: int, count: int) -> torch.Tensor:
+        tv = super().get(i, start, count)
+        if self.p == 0.0:
+            return tv
+        if start == 0:
+            self._gens[i] = (torch.Generator().set_state(self._state(i)), 0)
+        g, expected = self._gens.get(i, (None, None))
+        if start != expected:
+            raise RuntimeError(f"DARE masks are drawn in order: model {i} read at {start}, expected {expected}")
+        out = drop_and_rescale(tv, self.p, g)
+        self._gens[i] = (g, start + count)
+        if start + count == self.numel and len(self._states) == i + 1:
+            self._states.append(g.get_state())
+        return out
 
 
 @register("dare")
@@ -99,14 +142,26 @@ class Dare(MergeMethod):
             return float(self.lam)
         return _ties.DEFAULT_LAM if self.combine == "ties" else _ta.DEFAULT_LAM
 
-    def merge_tensor(self, name, layer, base, tensors):
-        tvs = task_vectors(base, tensors, self.name)
-        g = tensor_generator(self._seed, name)
-        tvs = [drop_and_rescale(tv, float(self.p), g) for tv in tvs]
+    def effective_density(self) -> float:
+        return _ties.DEFAULT_DENSITY if self.density is None else float(self.density)
+
+    def merge_stream(self, name, layer, inputs, chunk: int) -> torch.Tensor:
+        """The flat merged tensor from chunked ``inputs`` (``MemoryInputs`` or the streaming engine's)."""
+        vectors = DroppedVectors(inputs, self.name, float(self.p), self._seed, name)
         if self.combine == "ties":
-            density = _ties.DEFAULT_DENSITY if self.density is None else float(self.density)
-            return _ties.ties_combine(base, tvs, density, self.effective_lam())
-        return _ta.add_task_vectors(base, tvs, self.effective_lam())
+            return _ties.ties_stream(vectors, self.effective_density(), self.effective_lam(), chunk)
+        parts = _ties.chunks(vectors.numel, chunk)
+        total = torch.zeros(vectors.numel, dtype=torch.float32)
+        for i in range(vectors.n):  # add_task_vectors, one model at a time
+            for s, c in parts:
+                total[s:s + c].add_(vectors.get(i, s, c))
+        for s, c in parts:
+            torch.add(vectors.base(s, c), total[s:s + c].mul_(self.effective_lam()), out=total[s:s + c])
+        return total
+
+    def merge_tensor(self, name, layer, base, tensors):
+        inputs = _ties.MemoryInputs(base, tensors)
+        return self.merge_stream(name, layer, inputs, max(1, inputs.numel)).reshape(tensors[0].shape)
 
     def report(self):
         return {"seed": self._seed, "lam": self.effective_lam()}

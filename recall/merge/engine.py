@@ -4,9 +4,13 @@ Both validate the inputs, run the method's ``prepare`` once, then call its ``mer
 every parameter in the same order with the same float32 inputs, so their outputs agree bit for
 bit. The streaming engine reads one tensor at a time from each input (for element-wise methods,
 one chunk of a large tensor at a time) and streams the result into pre-planned output shards:
-peak memory is a few chunks, not a model, so models larger than RAM can be merged. The in-memory
-engine loads every input first. The tensor loop runs on one thread: it is memory-bound, and extra threads only
-wait on each other (measured in ``benchmarks/merge_speed.py``).
+peak memory is a few chunks, not a model, so models larger than RAM can be merged. Methods that
+need a whole tensor but can read it in chunks (TIES, DARE: a method with ``merge_stream(name,
+layer, inputs, chunk)``) get the inputs as chunks read on demand (``_FileInputs``, the streaming
+twin of ``recall.merge.ties.MemoryInputs``): their peak memory is the merged tensor plus a few
+chunks per model, however many models there are. The in-memory engine loads every input first.
+The tensor loop runs on one thread: it is memory-bound, and extra threads only wait on each other
+(measured in ``benchmarks/merge_speed.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .safetensors_io import LazyCheckpoint, ShardWriter, plan_shards, shard_name
 ENGINES = ("streaming", "memory")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 CHUNK_ELEMENTS = 1 << 22  # 16 MiB of float32 per input; a multiple of every SIMD width
+STREAM_CHUNK = 1 << 18  # merge_stream methods (TIES, DARE): their chunks of 1 MiB per input stay in the CPU cache
 OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in OUT_DTYPES.items()}
 
@@ -271,6 +276,7 @@ def merge_models(method: MergeMethod, models: list, out, base=None, samples=None
     ref = cks[-1]
     shards = plan_shards(specs, max_shard_bytes)
     chunked = engine == "streaming" and method.elementwise
+    streamed = engine == "streaming" and hasattr(method, "merge_stream")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -282,9 +288,17 @@ def merge_models(method: MergeMethod, models: list, out, base=None, samples=None
                 try:
                     for i in idx:
                         name = names[i]
-                        if chunked and ref.numel(name) > CHUNK_ELEMENTS and _is_float(ref.entries[name].dtype):
+                        is_float = _is_float(ref.entries[name].dtype)
+                        if chunked and ref.numel(name) > CHUNK_ELEMENTS and is_float:
                             _merge_chunked(method, name, layer[name], base_ck, cks, models, base, writer,
                                            out_dtype)
+                        elif streamed and is_float:
+                            shape = ref.entries[name].shape
+                            merged = method.merge_stream(name, layer[name], _FileInputs(name, base_ck, cks, models,
+                                                                                        base), STREAM_CHUNK)
+                            merged = merged.reshape(shape) if merged.numel() == math.prod(shape) else merged
+                            writer.write(name, _finish(method, name, merged, shape,
+                                                       out_dtype or ref.entries[name].dtype))
                         else:
                             writer.write(name, _merge_one(method, name, layer[name], get_base, getters, models,
                                                           base, out_dtype))
@@ -316,6 +330,38 @@ def _merge_chunked(method: MergeMethod, name: str, layer: int, base_ck: LazyChec
     writer.end_tensor(name)
 
 
+class _FileInputs:
+    """One float parameter of every input, read from the safetensors files as flat float32 chunks on
+    demand (for ``merge_stream`` methods); each chunk is checked to be finite the first time it is read."""
+
+    def __init__(self, name: str, base_ck: LazyCheckpoint | None, cks: list[LazyCheckpoint], models: list[Path],
+                 base: Path | None):
+        self.name, self.n, self.numel = name, len(cks), cks[-1].numel(name)
+        self._cks, self._base_ck, self._labels = cks, base_ck, [f"{m}" for m in models]
+        self._base_label = f"the base {base}"
+        self._checked: set[tuple[int, int, int]] = set()
+        self._last_base: tuple[int, int, torch.Tensor] | None = None  # methods read one base chunk per model
+
+    @property
+    def has_base(self) -> bool:
+        return self._base_ck is not None
+
+    def _read(self, ck: LazyCheckpoint, key: int, label: str, start: int, count: int) -> torch.Tensor:
+        t = ck.get_flat(self.name, start, count)
+        if (key, start, count) not in self._checked:
+            _check_finite(t, f"tensor {self.name} of {label}")
+            self._checked.add((key, start, count))
+        return t.to(torch.float32)
+
+    def base(self, start: int, count: int) -> torch.Tensor:
+        if self._last_base is None or self._last_base[:2] != (start, count):
+            self._last_base = (start, count, self._read(self._base_ck, -1, self._base_label, start, count))
+        return self._last_base[2]
+
+    def model(self, i: int, start: int, count: int) -> torch.Tensor:
+        return self._read(self._cks[i], i, self._labels[i], start, count)
+
+
 def _merge_one(method: MergeMethod, name: str, layer: int, get_base: Callable | None, getters: list[Callable],
                models: list[Path], base: Path | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     ts = [g(name) for g in getters]
@@ -329,9 +375,14 @@ def _merge_one(method: MergeMethod, name: str, layer: int, get_base: Callable | 
         _check_finite(b, f"tensor {name} of the base {base}")
         b = b.to(torch.float32)
     merged = method.merge_tensor(name, layer, b, [t.to(torch.float32) for t in ts])
-    if tuple(merged.shape) != tuple(ts[-1].shape):
+    return _finish(method, name, merged, ts[-1].shape, out_dtype)
+
+
+def _finish(method: MergeMethod, name: str, merged: torch.Tensor, shape, out_dtype: torch.dtype) -> torch.Tensor:
+    """The merged float32 tensor checked (shape, finite) and cast to the output dtype."""
+    if tuple(merged.shape) != tuple(shape):
         raise MergeError(f"method {method.name} returned shape {list(merged.shape)} for {name}, "
-                         f"expected {list(ts[-1].shape)}")
+                         f"expected {list(shape)}")
     written = merged.to(out_dtype)
     if not _all_finite(written):  # checked on what is written: a finite float32 result may overflow the cast
         if not _all_finite(merged):

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 MODES = ("lora", "full")
 DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}
+AUTOCASTS = (None, "bfloat16")
 
 
 def _is_int(x) -> bool:
@@ -32,6 +33,10 @@ class TrainConfig:
     - ``lora_r`` / ``lora_alpha`` / ``lora_dropout`` / ``lora_targets`` (``"all-linear"``: every
       linear layer but the output head). Dropout 0 keeps CPU runs deterministic and fast.
     - ``seed``: LoRA initialisation and shuffling.
+    - ``group_by_length``: micro-batches of similar lengths, in random order (``recall.training.batching``),
+      so padding costs little; ``False``: plain shuffled batches.
+    - ``autocast``: ``None`` (fp32) or ``"bfloat16"``: forward and backward under ``torch.autocast`` (weights,
+      optimizer state and the loss stay fp32).
     - ``ewc_lambda``: strength of the EWC penalty (0: none); ``ewc_gamma``: decay of old Fishers in
       sequential EWC (1: sum); ``ewc_samples``: examples per Fisher estimate (``None``: all).
     """
@@ -51,6 +56,8 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: str | tuple[str, ...] = "all-linear"
     seed: int = 0
+    group_by_length: bool = True
+    autocast: str | None = None
     ewc_lambda: float = 0.0
     ewc_gamma: float = 1.0
     ewc_samples: int | None = None
@@ -92,6 +99,10 @@ class TrainConfig:
             bad("lora_targets", "must be 'all-linear' or a non-empty list of module names")
         if not _is_int(self.seed) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
+        if not isinstance(self.group_by_length, bool):
+            bad("group_by_length", "must be True or False")
+        if self.autocast not in AUTOCASTS:
+            bad("autocast", f"must be one of {', '.join(map(repr, AUTOCASTS))}")
         if not _is_num(self.ewc_lambda) or self.ewc_lambda < 0:
             bad("ewc_lambda", "must be a finite number >= 0")
         if not _is_num(self.ewc_gamma) or not 0 < self.ewc_gamma <= 1:

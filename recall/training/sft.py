@@ -3,8 +3,14 @@
 Determinism
     Same seed, same data, same machine -> bit-identical weights on CPU: the seed fixes the LoRA
     initialisation (``accelerate.utils.set_seed``, which also seeds the global RNGs) and the
-    shuffling (a seeded ``torch.Generator`` handed to the ``DataLoader``); LoRA dropout defaults
-    to 0, which also keeps CPU runs fast.
+    shuffling (a seeded ``torch.Generator`` drawing the batches, ``recall.training.batching``); LoRA
+    dropout defaults to 0, which also keeps CPU runs fast.
+
+Compute only where it counts
+    The output head runs only at the positions whose next token is a label (``logits_to_keep`` with a
+    boolean mask, ``objective._answer_nll``); batches group examples of similar length
+    (``TrainConfig.group_by_length``), so little is spent on padding. ``benchmarks/throughput.py``
+    measures ms per token against the FLOP floor.
 
 LoRA results are plain checkpoints
     With ``mode="lora"`` the adapters are merged back into the weights (peft ``merge_and_unload``)
@@ -17,15 +23,19 @@ Several GPUs
 
         accelerate launch --num_processes 4 my_script.py      # or torchrun --nproc_per_node 4
 
-    Each process then draws ``batch_size`` examples per micro-batch (effective batch =
-    ``batch_size * grad_accum * num_processes``) from one shared seeded permutation; only the main
-    process writes checkpoints and Fisher files and runs ``after_task`` hooks, the others wait.
-    Fisher diagonals are computed redundantly on every process (identical results). The
-    single-process path is the tested one.
+    Each micro-batch is one global batch of ``batch_size * num_processes`` examples, drawn as a single
+    process would draw it (same seed, same batches) and split between the processes; the loss is
+    the token mean over the global batch (answer-token counts summed across processes), so a run on
+    N processes with ``batch_size=b`` trains like one process with ``batch_size=N*b`` (effective batch
+    ``batch_size * grad_accum * num_processes``), up to float rounding (``tests/test_accelerate.py``
+    checks 2 processes against 1 under ``accelerate launch --cpu``). Only the main process writes
+    checkpoints and Fisher files and runs ``after_task`` hooks, the others wait. Fisher diagonals are
+    computed redundantly on every process (identical results).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import resource
@@ -37,6 +47,7 @@ import torch
 
 from ..encoding import collate, pad_token_id
 from ..samples import Sample
+from .batching import LengthGroupedBatches
 from .config import TrainConfig
 from .ewc import EWCState, _EWCPenalty, _float_params
 from .objective import _answer_nll, _supports_logits_to_keep, encode_samples
@@ -48,6 +59,7 @@ class TrainResult:
 
     ``losses``: mean answer loss of each optimizer update; ``penalties``: EWC penalty per update
     (empty without EWC); ``tokens``: non-padding tokens read (prompt + answer, every epoch);
+    ``padded_tokens``: positions computed (batch size x longest example, summed over batches);
     ``answer_tokens``: supervised tokens; ``peak_memory_mb``: peak resident memory of the process
     (CPU) or peak allocated CUDA memory, so far in the process.
     """
@@ -60,6 +72,7 @@ class TrainResult:
     wall_s: float
     penalties: list[float] = field(default_factory=list)
     peak_memory_mb: float | None = None
+    padded_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -71,6 +84,7 @@ class TrainResult:
 
     def summary(self) -> dict:
         return {"steps": self.steps, "tokens": self.tokens, "answer_tokens": self.answer_tokens,
+                "padded_tokens": self.padded_tokens,
                 "wall_s": round(self.wall_s, 3), "tokens_per_s": round(self.tokens_per_s, 2),
                 "s_per_1k_tokens": round(self.s_per_1k_tokens, 4), "peak_memory_mb": self.peak_memory_mb,
                 "first_loss": self.losses[0] if self.losses else None,
@@ -103,13 +117,16 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
     ``config.ewc_lambda > 0``) adds the EWC penalty; with ``ewc_lambda == 0`` it is ignored.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     examples = encode_samples(tokenizer, samples, config.max_length)
     set_seed(config.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum)
+    # each process takes its share of one global micro-batch of batch_size x processes examples
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    world = accelerator.num_processes
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     keep = _supports_logits_to_keep(model)
 
@@ -135,8 +152,13 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
 
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(examples, batch_size=config.batch_size, shuffle=True, generator=generator,
-                        collate_fn=functools.partial(collate, pad_id=pad_token_id(tokenizer)))
+    collate_fn = functools.partial(collate, pad_id=pad_token_id(tokenizer))
+    if config.group_by_length:
+        batches = LengthGroupedBatches([len(e["input_ids"]) for e in examples], config.batch_size * world, generator)
+        loader = DataLoader(examples, batch_sampler=batches, collate_fn=collate_fn)
+    else:
+        loader = DataLoader(examples, batch_size=config.batch_size * world, shuffle=True, generator=generator,
+                            collate_fn=collate_fn)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     updates_per_epoch = math.ceil(len(loader) / config.grad_accum)
@@ -148,9 +170,11 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
         penalty = _EWCPenalty(accelerator.unwrap_model(model), ewc, config.ewc_lambda, config.mode,
                               accelerator.device)
 
+    autocast = (functools.partial(torch.autocast, accelerator.device.type, dtype=getattr(torch, config.autocast))
+                if config.autocast else contextlib.nullcontext)
     losses: list[float] = []
     penalties: list[float] = []
-    tokens = answer_tokens = 0
+    tokens = answer_tokens = padded = 0
     step = 0
     window_loss, window_pen, window_n = 0.0, 0.0, 0
     bar = tqdm(total=total, desc=f"{config.mode} fine-tuning", unit="step",
@@ -160,8 +184,13 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
     while step < total:
         for batch in loader:
             with accelerator.accumulate(model):
-                nll = _answer_nll(model, batch, keep)
-                loss = nll.mean()
+                with autocast():
+                    nll = _answer_nll(model, batch, keep)
+                if world > 1:  # the token mean over the global micro-batch (DDP averages the processes' gradients)
+                    count = accelerator.reduce(torch.tensor(float(nll.numel()), device=nll.device), "sum")
+                    loss = nll.sum() * world / count
+                else:
+                    loss = nll.mean()
                 full = loss
                 if penalty is not None:
                     pen = penalty()
@@ -173,8 +202,9 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
+            padded += batch["input_ids"].numel()
             answer_tokens += nll.numel()
-            window_loss += loss.item()
+            window_loss += (accelerator.reduce(loss.detach(), "mean") if world > 1 else loss).item()
             window_n += 1
             if accelerator.sync_gradients:
                 scheduler.step()
@@ -192,8 +222,8 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
     bar.close()
 
     if accelerator.num_processes > 1:
-        counts = accelerator.reduce(torch.tensor([tokens, answer_tokens], device=accelerator.device), "sum")
-        tokens, answer_tokens = (int(x) for x in counts.tolist())
+        counts = accelerator.reduce(torch.tensor([tokens, answer_tokens, padded], device=accelerator.device), "sum")
+        tokens, answer_tokens, padded = (int(x) for x in counts.tolist())
     peak = _peak_memory_mb(accelerator.device)
     model = accelerator.unwrap_model(model)
     if config.mode == "lora":
@@ -205,4 +235,4 @@ def finetune(model, tokenizer, samples: Sequence[Sample], config: TrainConfig = 
         p.grad = None
     model.eval()
     return TrainResult(model=model, losses=losses, steps=step, tokens=tokens, answer_tokens=answer_tokens,
-                       wall_s=wall, penalties=penalties, peak_memory_mb=round(peak, 1))
+                       wall_s=wall, penalties=penalties, peak_memory_mb=round(peak, 1), padded_tokens=padded)
