@@ -139,6 +139,9 @@ def test_recall_merge_writes_a_loadable_documented_folder(tmp_path, tiny_pool):
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-9)
     card = (out / "README.md").read_text()
     assert "recall" in card and "Merge weights" in card and "k" in card
+    front = yaml.safe_load(card.split("---\n")[1])  # the Hub's model-card front matter
+    assert front == {"base_model": [base.name, *(e.name for e in experts)], "library_name": "transformers",
+                     "tags": ["merge", "recall"]}
     info = json.loads((out / "merge_config.json").read_text())
     assert info["method"] == "recall" and info["options"]["k"] == 6
     assert len(info["report"]["typical_samples"]) == 6

@@ -158,7 +158,11 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
     if dtype is not None:
         info["dtype"] = dtype
     (folder / MERGE_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    parts = [f"# Merged model ({method.name})", "",
+    # the Hub's model-card front matter for merges: the merged models, the library, tags naming the method
+    front = {"base_model": [Path(m).name for m in ([base] if base else []) + list(models)],
+             "library_name": "transformers", "tags": list(dict.fromkeys(["merge", "recall", method.name]))}
+    parts = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+             f"# Merged model ({method.name})", "",
              f"Made with recall {__version__}, method `{method.name}`" + (f" ({method.reference})." if method.reference
                                                                           else "."), "",
              "## Inputs", "", f"- base: `{base}`" if base else "- base: none"]
