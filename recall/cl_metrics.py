@@ -389,8 +389,14 @@ def method_table_ci(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: 
         point, boot = _boot_means(mat, task, n_boot, seed)
         for j, (m,) in enumerate(keys):
             acc[m, task] = (point[j], boot[:, j], mat.shape[0])
+    return _method_rows(acc, pd.unique(df["method"]), tasks, alpha, mean_label)
+
+
+def _method_rows(acc: dict, methods, tasks: list, alpha: float, mean_label: str) -> pd.DataFrame:
+    """The ``method, task, estimate, low, high, n`` table from ``acc[method, task] = (point, replicates, n)``, with
+    the unweighted task mean per method (NaN when the method lacks a task)."""
     rows = []
-    for m in pd.unique(df["method"]):
+    for m in methods:
         for task in tasks:
             if (m, task) in acc:
                 p, b, n = acc[m, task]
@@ -426,7 +432,7 @@ def macro_f1_table_ci(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha
     ``df``: long, columns ``method, task, example, label, pred``. Same output columns as ``method_table_ci``.
     """
     _check_boot_args(n_boot, seed, alpha)
-    rows, per = [], {}
+    per = {}
     for task, sub in df.groupby("task", sort=False):
         if task == mean_label:
             raise ValueError(f"a task is named {mean_label!r}, the label of the mean row; pass another mean_label")
@@ -448,19 +454,7 @@ def macro_f1_table_ci(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha
         f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0).mean(axis=2)  # (1+B, K)
         for k, m in enumerate(methods):
             per[m, task] = (f1[0, k], f1[1:, k], n)
-    tasks = list(dict.fromkeys(df["task"]))
-    for m in pd.unique(df["method"]):
-        for task in tasks:
-            if (m, task) in per:
-                point, boot, n = per[m, task]
-                lo, hi = _interval(boot[:, None], alpha)
-                rows.append((m, task, float(point), float(lo[0]), float(hi[0]), n))
-        if all((m, t) in per for t in tasks):
-            point = np.mean([per[m, t][0] for t in tasks])
-            boot = np.mean([per[m, t][1] for t in tasks], axis=0)
-            lo, hi = _interval(boot[:, None], alpha)
-            rows.append((m, mean_label, float(point), float(lo[0]), float(hi[0]), sum(per[m, t][2] for t in tasks)))
-    return pd.DataFrame(rows, columns=["method", "task", "estimate", "low", "high", "n"])
+    return _method_rows(per, pd.unique(df["method"]), list(dict.fromkeys(df["task"])), alpha, mean_label)
 
 
 DIFF_TESTS = ("p_greater", "p_less", "p_equiv", "n_a", "n_b", "p_exact_greater", "p_exact_less")

@@ -44,6 +44,19 @@ import torch
 SIDES = ("left", "right")
 
 
+def common_prefix_len(seqs: Sequence[Sequence[int]], cap: int | None = None) -> int:
+    """Length of the token prefix every sequence shares, at most ``cap`` (default: leaving at least one token of
+    each sequence)."""
+    n = min(len(x) for x in seqs) - 1 if cap is None else cap
+    first = seqs[0]
+    for x in seqs[1:]:
+        i = 0
+        while i < n and x[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
 def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id, else its eos id, else 0."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):

@@ -25,20 +25,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import collate, pad_token_id, tokenize
+from .encoding import collate, common_prefix_len, pad_token_id, tokenize
 
 POOLINGS = ("content", "mean", "last")
-
-
-def _common_prefix(seqs: list[list[int]], cap: int) -> int:
-    n = cap
-    first = seqs[0]
-    for x in seqs[1:]:
-        i = 0
-        while i < n and x[i] == first[i]:
-            i += 1
-        n = i
-    return n
 
 
 def shared_affixes(tokenizer, texts: Sequence[str], max_length: int = 512) -> tuple[int, int]:
@@ -49,8 +38,8 @@ def shared_affixes(tokenizer, texts: Sequence[str], max_length: int = 512) -> tu
     if len(ids) < 2 or min(len(x) for x in ids) < 2:
         return 0, 0
     cap = min(len(x) for x in ids) - 1
-    prefix = _common_prefix(ids, cap)
-    suffix = _common_prefix([x[::-1] for x in ids], cap - prefix)
+    prefix = common_prefix_len(ids, cap)
+    suffix = common_prefix_len([x[::-1] for x in ids], cap - prefix)
     return prefix, suffix
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import collate, pad_token_id, tokenize
+from .encoding import collate, common_prefix_len, pad_token_id, tokenize
 
 SCORINGS = ("sum", "mean", "first", "calibrated")
 REDUCTIONS = ("sum", "mean", "first")
@@ -49,18 +49,6 @@ def _final_hidden(model, input_ids, attention_mask, position_ids, past=None):
 def _logprobs(model, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden).float()
     return torch.log_softmax(logits, dim=-1)
-
-
-def _common_prefix_len(seqs: list[list[int]]) -> int:
-    """Length of the token prefix shared by every sequence, leaving at least one token in each."""
-    n = min(len(x) for x in seqs) - 1
-    first = seqs[0]
-    for x in seqs[1:]:
-        i = 0
-        while i < n and x[i] == first[i]:
-            i += 1
-        n = i
-    return max(n, 0)
 
 
 def label_loglik(model, tokenizer, prompts: list[str], candidates: list[str], batch_size: int = 16,
@@ -96,7 +84,7 @@ def label_loglik_all(model, tokenizer, prompts: list[str], candidates: list[str]
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("a prompt tokenizes to nothing")
     pad = pad_token_id(tokenizer)
-    cp = _common_prefix_len(prompt_ids) if share_prefix else 0
+    cp = common_prefix_len(prompt_ids) if share_prefix else 0
     prefix_past = None
     if cp > 0:
         pre = torch.tensor(prompt_ids[0][:cp], device=device)[None]
