@@ -112,12 +112,11 @@ def mean_context(lengths: list[int], start: list[int] | None = None) -> float:
 
 def scoring_tokens(tok, task, texts, max_text_tokens: int) -> dict:
     """Evaluated tokens and scored positions of ``score_task`` (the same tokenization as recall.scoring)."""
-    from recall.encoding import tokenize
-    from recall.scoring import _common_prefix_len
+    from recall.encoding import common_prefix_len, tokenize
 
     prompts = [tokenize(tok, task.prompt(t, tok, max_text_tokens=max_text_tokens)) for t in texts]
     labels = [tokenize(tok, task.answer(i)) for i in range(len(task.labels))]
-    cp = _common_prefix_len(prompts)
+    cp = common_prefix_len(prompts)
     extra = sum(len(c) - 1 for c in labels)
     n = len(prompts)
     tokens = cp + sum(len(p) - cp for p in prompts) + n * extra

@@ -108,6 +108,12 @@ BENCHMARK_COLUMNS = ("run", "method", "tool", "engine", "n_models", "repeats", "
                      "wall_vs_mergekit", "rss_vs_mergekit", "tensors_equal", "tensors_total", "machine", "date")
 
 
+def _skips(profile: str, key: str) -> bool:
+    from .profiles import PROFILES
+
+    return profile in PROFILES and key in PROFILES[profile].skip
+
+
 def png_size(path: Path) -> tuple[int, int, float]:
     """(width px, height px, dots per inch) of a PNG: its header and its ``pHYs`` chunk (96 when absent)."""
     import struct
@@ -279,6 +285,11 @@ def setup(app):
             key = self.arguments[0]
             profile, folder = _profile_dir()
             entry = read_provenance(folder).get(key)
+            if entry is None and _skips(profile, key):
+                return self.render(f"**{NOT_RUN}** Profile `{profile}` skips notebook `{key}` (its field `skip`: the "
+                                   f"scenario serves no claim and does not fit the profile's budget; see "
+                                   f"{{doc}}`/setup`); `python -m recall.replicate --profile {profile} --notebooks "
+                                   f"{key[:2]}` runs it.")
             if entry is None:
                 return self.render(f"**{NOT_RUN}** (no entry for `{key}` in `results/{profile}/provenance.json`; "
                                    f"run `python -m recall.replicate --profile {profile} --notebooks {key[:2]}`.)")
@@ -376,7 +387,9 @@ def profiles_table() -> str:
               ("recall_k", "k"), ("n_candidates", "candidate samples"), ("single_methods", "single-model methods"),
               ("multi_methods", "multi-model methods"), ("sequential_methods", "sequential methods"),
               ("ablations", "ablations"), ("seeds", "seeds"), ("task_order", "task order"),
-              ("extra_orders", "other task orders"), ("n_boot", "bootstrap"), ("device", "device"), ("notes", "notes")]
+              ("extra_orders", "other task orders"), ("chain_length", "tasks per chain (0: all)"),
+              ("n_val", "validation / task"), ("multitask", "multi-task training"), ("skip", "notebooks skipped"),
+              ("n_boot", "bootstrap"), ("device", "device"), ("notes", "notes")]
 
     def text(v):
         if isinstance(v, (list, tuple)):

@@ -369,6 +369,9 @@ def rule_c3(src: Source) -> Outcome:
             ours = f"RECALL AP {ap['recall'] * 100:.1f}" + (f" ({', '.join(gains)}, relative)" if gains else "")
     verdict = combine([c.verdict for c in comps if c.in_verdict])
     facts = [f"pooled over {int(pooled['n_chains'].iloc[0])} chain(s)"] if pooled is not None and len(pooled) else []
+    ran = set(pooled["other"]) if pooled is not None and len(pooled) else set()
+    facts += [f"{label(o)} was not run in this profile: that part of the claim is untested" for o in
+              sequential_baselines() if ran and o not in ran]
     return Outcome(verdict, f"{_tally(comps, 'comparisons')}; {ours}", comps, facts)
 
 

@@ -90,6 +90,7 @@ class Run:
     _data: dict = field(default_factory=dict, repr=False)
     _recipes: dict = field(default_factory=dict, repr=False)  # merged folder -> what merge() was asked
     _tuning: dict = field(default_factory=dict, repr=False)  # scenario (and order) -> tuning table
+    trained: list = field(default_factory=list, repr=False)  # checkpoints this run trained or found cached
 
     def __post_init__(self):
         if self.profile.model == "tiny":  # tiny kernels gain nothing from threads and lose a lot on busy machines
@@ -192,6 +193,8 @@ class Run:
         t0 = time.time()
         path = train_and_save(self.weights_of(start), samples, cfg, out, ewc=ewc, progress=self.progress)
         self._timed("training", t0)
+        if path not in self.trained:
+            self.trained.append(path)
         return path
 
     def expert(self, task: str, seed: int | None = None) -> Path:
@@ -348,7 +351,7 @@ def sequential_tuning(run: Run, task_order: tuple[str, ...] | None = None) -> pd
     from .tuning import COLUMNS, tune_sequential
 
     p = run.profile
-    order = tuple(task_order or p.task_order)
+    order = p.chain(task_order)
     if ("sequential", order) not in run._tuning:
         run._tuning["sequential", order] = (tune_sequential(run, order, p.sequential_methods) if p.tune
                                             else pd.DataFrame(columns=COLUMNS))
@@ -386,9 +389,11 @@ def multi_recall_weights(run: Run) -> pd.DataFrame:
 
 def sequential(run: Run, task_order: tuple[str, ...] | None = None,
                methods: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Sequential fine-tuning over ``task_order``: after step t the model is scored on tasks 1..t+1 of the order
-    (the lower triangle of R, its diagonal and the superdiagonal that FWT reads) and, at the last step, on every
-    task and the unseen tasks.
+    """Sequential fine-tuning over the chain of ``task_order`` (``Profile.chain``: its first ``chain_length``
+    tasks): after step t the model is scored on tasks 1..t+1 of the chain (the lower triangle of R, its diagonal
+    and the superdiagonal that FWT reads) and, at the last step, on every task of the chain and the unseen tasks.
+    A step whose training inputs equal those of a checkpoint the run already has (step 1: the expert of the first
+    task; steps 2 of sft and ewc: the tuning's) reuses it: same base, config, samples and EWC tasks.
 
     Methods: "sft" (plain sequential LoRA fine-tuning), "ewc" (EWC penalty), or a merge method: after
     fine-tuning task t from the current model, merge {current, new} with typical samples of task t
@@ -401,9 +406,10 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
     from .training import sequential_finetune
 
     p = run.profile
-    order = tuple(task_order or p.task_order)
+    order = p.chain(task_order)
     methods = tuple(methods or p.sequential_methods)
     samples = {t: run.train_samples(t) for t in order}
+    run.expert(order[0])  # step 1 of every chain is this expert (found by fingerprint, not trained again)
     frames = []
     for m in methods:
         ewc = m == "ewc"
@@ -427,7 +433,7 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
 
         t0 = time.time()
         steps = sequential_finetune(run.base, order, samples, cfg, root, ewc=ewc, after_task=after,
-                                    progress=run.progress)
+                                    progress=run.progress, reuse=run.trained)
         run._timed("training", t0)
         for i, model in enumerate(steps, 1):
             # the tasks learned so far and the next one (what AP, BWT, FWT and forgetting read), at the end all

@@ -35,8 +35,10 @@ class Rates:
 
 
 RATES = Rates()
-# seconds per pool model over a plain merge (TIES' sign election, DARE's masks, LM-Cocktail's losses)
-EXPENSIVE_MERGES = {"ties": 4.0, "dare": 2.5, "magmax": 1.5, "lm_cocktail": 1.5}
+# seconds per pool model over a plain merge (TIES' sign election, DARE's masks, LM-Cocktail's losses); TIES and
+# DARE as the streaming engine's benchmark measured them (results/benchmarks/merge_speed.csv: 6.7 s and 8.1 s
+# against 4.7 s for a linear merge of three checkpoints)
+EXPENSIVE_MERGES = {"ties": 0.7, "dare": 1.1, "magmax": 1.5, "lm_cocktail": 1.5}
 
 
 def _train_s(p: Profile, n_examples: int, r: Rates) -> float:
@@ -55,8 +57,9 @@ def _merge_s(p: Profile, method: str, pool: int, r: Rates) -> float:
     return s
 
 
-def estimate(p: Profile, rates: Rates = RATES) -> pd.DataFrame:
-    """One row per unit: notebook, unit, count, seconds (for every seed and task order of the profile)."""
+def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
+    """One row per unit: notebook, unit, count, seconds (for every seed and task order of the profile); the
+    notebooks the profile skips (``Profile.skip``) only with ``include_skipped``."""
     from .tuning import GRIDS, knob_of
 
     r = rates
@@ -88,42 +91,47 @@ def estimate(p: Profile, rates: Rates = RATES) -> pd.DataFrame:
         seeds * (n_models * (_eval_s(p, (T + U) * p.n_test, r) + r.load_s)
                  + T * (_eval_s(p, (1 + U) * p.n_test, r) + r.load_s)))
     chains = seeds * orders
+    L = len(p.chain())  # the tasks a chain learns
     merging = [m for m in p.sequential_methods if m not in ("sft", "ewc")]
     seq_tune = [m for m in dict.fromkeys(knob_of(m) for m in p.sequential_methods) if m] if p.tune else []
-    tune_s = 0.0
-    if seq_tune:
-        tune_s += expert  # step 2 learned from the expert of task 1
-        for m in seq_tune:
-            per_point = _eval_s(p, 2 * p.n_val, r) + r.load_s
-            per_point += expert if m == "ewc" else _merge_s(p, m, 2, r)
-            tune_s += len(GRIDS[m]) * per_point
-        if "ewc" in seq_tune:
-            tune_s += (p.ewc_samples or p.n_train) * r.fisher_s_per_example
+    seq_tune_merges = [m for m in seq_tune if m != "ewc"]
+    tune_s = 0.0  # step 1 is the expert of the chain's first task (trained by 01, or by the first chain)
+    if seq_tune_merges:
+        tune_s += expert  # step 2 learned from the expert of task 1 (it is also the sft chain's step 2)
+    for m in seq_tune:
+        per_point = _eval_s(p, 2 * p.n_val, r) + r.load_s
+        per_point += expert if m == "ewc" else _merge_s(p, m, 2, r)
+        tune_s += len(GRIDS[m]) * per_point
+    if "ewc" in seq_tune:
+        tune_s += (p.ewc_samples or p.n_train) * r.fisher_s_per_example
     add("04_sequential", "tuning on the first two steps (validation)", chains, chains * tune_s)
-    add("04_sequential", "chain trainings", chains * len(p.sequential_methods) * T,
-        chains * len(p.sequential_methods) * T * expert
-        + chains * (p.ewc_samples or p.n_train) * (T - 1) * r.fisher_s_per_example * ("ewc" in p.sequential_methods))
-    add("04_sequential", "chain merges", chains * len(merging) * T,
-        chains * T * sum(_merge_s(p, m, (T if m == "recall_history" else 2) + (m == "recall_history"), r)
+    # steps 2..L of every chain, but for the step-2 checkpoints the tuning already trained (found by fingerprint)
+    shared = {"sft": bool(seq_tune_merges), "ewc": "ewc" in seq_tune}
+    per_chain = sum(L - 1 - (L > 1 and shared.get(m, False)) for m in p.sequential_methods)
+    fisher = (p.ewc_samples or p.n_train) * (L - 1) * r.fisher_s_per_example * ("ewc" in p.sequential_methods)
+    add("04_sequential", "chain trainings", chains * per_chain, chains * (per_chain * expert + fisher))
+    add("04_sequential", "chain merges", chains * len(merging) * L,
+        chains * L * sum(_merge_s(p, m, (L if m == "recall_history" else 2) + (m == "recall_history"), r)
                          for m in merging))
-    seen = T * (T + 1) // 2 + U
-    add("04_sequential", "chain evaluations", chains * len(p.sequential_methods) * T,
-        chains * len(p.sequential_methods) * (_eval_s(p, seen * p.n_test, r) + T * r.load_s))
+    scored = sum(min(i + 1, L) for i in range(1, L + 1)) + U  # tasks 1..t+1 after step t; the unseen at the end
+    add("04_sequential", "chain evaluations", chains * len(p.sequential_methods) * L,
+        chains * len(p.sequential_methods) * (_eval_s(p, scored * p.n_test, r) + L * r.load_s))
     add("05_ablations", "merges and evaluations", (1 + len(p.ablations)) * seeds,
         seeds * (1 + len(p.ablations)) * (_merge_s(p, "recall", T + 1, r) + _eval_s(p, T * p.n_test, r) + r.load_s))
     add("06_efficiency", "merge benchmark", 1, 40.0)
-    return pd.DataFrame(rows, columns=["notebook", "unit", "count", "seconds"])
+    out = pd.DataFrame(rows, columns=["notebook", "unit", "count", "seconds"])
+    return out if include_skipped else out[~out["notebook"].isin(set(p.skip))].reset_index(drop=True)
 
 
 def per_notebook(p: Profile, notebooks=None, rates: Rates = RATES) -> pd.Series:
-    """Estimated seconds per notebook (only ``notebooks`` when given)."""
-    est = estimate(p, rates)
+    """Estimated seconds per notebook (only ``notebooks`` when given, skipped ones included)."""
+    est = estimate(p, rates, include_skipped=notebooks is not None)
     s = est.groupby("notebook", sort=False)["seconds"].sum()
     return s if notebooks is None else s[[n for n in s.index if n in set(notebooks)]]
 
 
 def report(p: Profile, notebooks=None, rates: Rates = RATES) -> str:
-    est = estimate(p, rates)
+    est = estimate(p, rates, include_skipped=notebooks is not None)
     if notebooks is not None:
         est = est[est["notebook"].isin(set(notebooks))]
     lines = [f"{'notebook':20s} {'unit':48s} {'count':>6s} {'minutes':>8s}"]

@@ -555,6 +555,9 @@ def _multi_figures(t, sub, order):
 
 def _sequential_figures(t, sub, order):
     R = {k.removeprefix("R_"): v for k, v in t.items() if k.startswith("R_")}
+    if R:  # the tasks the chains learned (a profile's chain_length may stop them before the order ends)
+        learned = {str(x) for v in R.values() for x in v.columns}
+        order = [x for x in order if x in learned]
     out = {f"seq_r_{m}": r_matrix_heatmap(v, m, sub, n_seq=len(order)) for m, v in R.items()}
     return {**out, "seq_forgetting": forgetting_curves(R, order, sub),
             "seq_metrics": method_accuracy(t["seq_metrics"].rename(columns={"metric": "task"}), sub,

@@ -101,14 +101,14 @@ def out_of_sync(path: Path) -> str | None:
     return None
 
 
-def select_notebooks(selection: list[str] | None) -> list[Path]:
+def select_notebooks(selection: list[str] | None, skip: tuple[str, ...] = ()) -> list[Path]:
     """Notebooks by number prefix (``01``), full name (``01_representations``) or file name, in run order; with no
-    selection every notebook but the ``ON_REQUEST`` ones (the pilot)."""
+    selection every notebook but the ``ON_REQUEST`` ones (the pilot) and those the profile skips (``skip``)."""
     found = available_notebooks()
     if not found:
         raise ReplicateError(f"no notebooks in {notebooks_dir()}")
     if not selection:
-        return [p for p in found if p.stem not in ON_REQUEST]
+        return [p for p in found if p.stem not in ON_REQUEST and p.stem not in skip]
     out = []
     for s in selection:
         s = s.removesuffix(".ipynb")
@@ -309,7 +309,7 @@ def _main(argv=None) -> int:
         profile = get_profile(args.profile)
     except ValueError as e:
         raise ReplicateError(str(e)) from None
-    selected = select_notebooks(args.notebooks)
+    selected = select_notebooks(args.notebooks, profile.skip)
     claims = [p for p in available_notebooks() if p.stem == CLAIMS_NOTEBOOK]
     if claims and claims[0] not in selected:  # the verdicts always reflect every result there is
         selected.append(claims[0])

@@ -215,6 +215,12 @@ class Params:
     seed: int = 0
     n_samples: int = 32  # 01: probe prompts requested (spread over the tasks)
     ablation_options: Mapping[str, dict] = field(default_factory=dict)
+    chain_length: int = 0  # the sequential chains learn task_order[:chain_length] (0: every task)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The tasks the sequential chains learned, in training order."""
+        return self.task_order[: self.chain_length or len(self.task_order)]
 
     @classmethod
     def of(cls, profile, seed: int = 0, **notebook_params) -> Params:
@@ -226,7 +232,7 @@ class Params:
         order = notebook_params.get("task_order") or p["task_order"]
         return cls(tasks=tuple(p["tasks"]), unseen=tuple(p["unseen"]), task_order=tuple(order),
                    n_boot=int(p["n_boot"]), seed=int(seed), n_samples=int(notebook_params.get("n_samples", 32)),
-                   ablation_options=ABLATIONS)
+                   ablation_options=ABLATIONS, chain_length=int(p.get("chain_length", 0)))
 
     @classmethod
     def from_provenance(cls, entry: Mapping) -> Params:
@@ -441,8 +447,8 @@ def normalized_scores(train: pd.DataFrame, methods: Sequence[str], tasks: Sequen
 
 def sequential_tables(examples: pd.DataFrame, base_examples: pd.DataFrame, p: Params) -> dict[str, pd.DataFrame]:
     """``seq_metrics``, ``R_<method>``, ``base_scores`` and ``seq_diff`` from ``seq_examples`` and
-    ``seq_base_examples``; ``p.task_order`` is the order the chains were trained in."""
-    order = list(p.task_order)
+    ``seq_base_examples``; ``p.chain`` is the tasks the chains learned, in training order."""
+    order = list(p.chain)
     out = {"seq_metrics": cl_metrics_ci(examples, base_examples, n_boot=p.n_boot, seed=p.seed, task_order=order)}
     for m, r in r_matrices(examples, task_order=order).items():
         out[f"R_{m}"] = r

@@ -3,7 +3,13 @@
 RECALL extracts representations on "typical samples" chosen by clustering. Our reading of the
 paper: k-means with k clusters on the newly fine-tuned model's mean-pooled last hidden state, and
 the sample nearest each centroid is kept. ``method="random"`` (ablation) and ``"minibatch"``
-(MiniBatchKMeans, for pools of many thousands) are the alternatives.
+(scikit-learn's MiniBatchKMeans, for pools of many thousands) are the alternatives.
+
+The k-means here is Lloyd's algorithm with k-means++ seeding (scikit-learn's recipe: greedy
+seeding with 2 + log k trials, ``n_init`` runs, the lowest inertia kept) written without BLAS:
+distances are elementwise differences summed by numpy. scikit-learn's KMeans computes them with a
+matrix product, whose rounding depends on the BLAS kernel the machine picks (``OPENBLAS_CORETYPE``),
+and picked 5 of 16 typical samples differently between two shells of one machine.
 """
 
 from __future__ import annotations
@@ -36,6 +42,71 @@ def _nearest_distinct(dist: np.ndarray) -> list[int]:
     return sorted(taken)
 
 
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(N, k) squared euclidean distances, without a matrix product (no BLAS), in chunks of bounded memory."""
+    step = max(1, int(2**23 // max(1, c.size)))
+    return np.concatenate([((x[i:i + step, None, :] - c[None, :, :]) ** 2).sum(axis=2)
+                           for i in range(0, len(x), step)])
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur and Vassilvitskii 2007; scikit-learn's 2 + log k local trials)."""
+    n = len(x)
+    trials = 2 + int(np.log(k))
+    centers = [x[rng.integers(n)]]
+    closest = _sq_dist(x, centers[0][None])[:, 0]
+    for _ in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # every point sits on a center: take any point not yet a center
+            centers.append(x[rng.integers(n)])
+            continue
+        cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
+        cand = np.minimum(cand, n - 1)
+        d = np.minimum(closest[:, None], _sq_dist(x, x[cand]))  # (N, trials)
+        best = int(np.argmin(d.sum(axis=0)))
+        centers.append(x[cand[best]])
+        closest = d[:, best]
+    return np.stack(centers)
+
+
+def kmeans(x: np.ndarray, k: int, n_init: int = 10, seed: int = 0, max_iter: int = 300,
+           tol: float = 1e-4) -> tuple[np.ndarray, float]:
+    """Lloyd's k-means on ``x`` (N, H) float64: (centers (k, H), inertia) of the best of ``n_init`` seeded runs.
+    Stops when the centers move by at most ``tol`` x the mean feature variance (scikit-learn's rule); an empty
+    cluster takes the point farthest from its center."""
+    distinct = len(np.unique(x, axis=0))
+    if distinct < k:
+        import warnings
+
+        warnings.warn(f"{distinct} distinct candidate rows for k = {k} clusters: some typical samples repeat "
+                      f"others; give more distinct candidates or a smaller k", stacklevel=3)
+    rng = np.random.default_rng(seed)
+    tol = tol * float(np.var(x, axis=0).mean())
+    best: tuple[np.ndarray, float] | None = None
+    for _ in range(n_init):
+        c = _kmeans_pp(x, k, rng)
+        for _ in range(max_iter):
+            d = _sq_dist(x, c)
+            labels = np.argmin(d, axis=1)
+            new = c.copy()
+            for j in range(k):
+                members = x[labels == j]
+                if len(members):
+                    new[j] = members.mean(axis=0)
+                else:
+                    far = int(np.argmax(d[np.arange(len(x)), labels]))
+                    new[j] = x[far]
+                    labels[far] = j
+            shift = float(((new - c) ** 2).sum())
+            c = new
+            if shift <= tol:
+                break
+        inertia = float(_sq_dist(x, c).min(axis=1).sum())
+        if best is None or inertia < best[1]:
+            best = (c, inertia)
+    return best
+
+
 def select_typical(embeddings, k: int, method: str = "kmeans", seed: int = 0, n_init: int = 10) -> list[int]:
     """Indices of ``k`` typical rows of ``embeddings`` (N, H), sorted ascending.
 
@@ -46,10 +117,11 @@ def select_typical(embeddings, k: int, method: str = "kmeans", seed: int = 0, n_
     k
         Number of samples to keep, 1 <= k <= N.
     method
-        ``"kmeans"`` (default): scikit-learn KMeans with k clusters, ``n_init`` seeded
-        initializations; keep the sample nearest each centroid (if two centroids share their
-        nearest sample, the later cluster takes its next nearest unused one, so the k indices are
-        distinct). ``"minibatch"``: the same with MiniBatchKMeans. ``"random"``: k distinct indices
+        ``"kmeans"`` (default): :func:`kmeans` with k clusters, ``n_init`` seeded
+        initializations (the same samples whatever BLAS kernel the machine picks); keep the sample
+        nearest each centroid (if two centroids share their nearest sample, the later cluster takes
+        its next nearest unused one, so the k indices are distinct). ``"minibatch"``: the same with
+        scikit-learn's MiniBatchKMeans. ``"random"``: k distinct indices
         from ``numpy.random.default_rng(seed)``.
     seed
         Makes the result deterministic.
@@ -68,10 +140,12 @@ def select_typical(embeddings, k: int, method: str = "kmeans", seed: int = 0, n_
         return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=k, replace=False))
     if n_init < 1:
         raise ValueError(f"n_init must be >= 1, got {n_init}")
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    if method == "kmeans":
+        centers, _ = kmeans(x, k, n_init=n_init, seed=seed)
+        return _nearest_distinct(np.sqrt(_sq_dist(x, centers)))
+    from sklearn.cluster import MiniBatchKMeans
 
-    cls = KMeans if method == "kmeans" else MiniBatchKMeans
-    km = cls(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
+    km = MiniBatchKMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
     return _nearest_distinct(km.transform(x))
 
 

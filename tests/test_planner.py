@@ -16,7 +16,8 @@ def _row(est, notebook, unit_start):
 
 
 def test_counts_follow_the_profile():
-    p = get_profile("cpu")
+    p = dataclasses.replace(get_profile("cpu"), multitask=True, chain_length=0, extra_orders=(),
+                            sequential_methods=("sft", "ewc", "recall", "uniform"))
     est = estimate(p)
     T = len(p.tasks)
     assert _row(est, "01_representations", "experts")["count"] == T + 1
@@ -24,20 +25,30 @@ def test_counts_follow_the_profile():
     assert _row(est, "03_multi_model", "multi-task")["seconds"] == pytest.approx(_train_s(p, T * p.n_train, RATES))
     assert _row(est, "03_multi_model", "tuning")["count"] == sum(
         len(GRIDS[m]) for m in ("recall", "task_arithmetic", "ties", "dare", "magmax", "lm_cocktail"))
-    # every chain trains every step (step 1 included) and is scored on the tasks seen so far
-    chains = len(p.seeds) * (1 + len(p.extra_orders))
-    assert _row(est, "04_sequential", "chain trainings")["count"] == chains * len(p.sequential_methods) * T
+    # every chain trains steps 2..T (step 1 is the first task's expert); sft's and ewc's step 2 come from tuning
+    assert _row(est, "04_sequential", "chain trainings")["count"] == 4 * (T - 1) - 2
+    untuned = estimate(dataclasses.replace(p, tune=False, n_val=0))
+    assert _row(untuned, "04_sequential", "chain trainings")["count"] == 4 * (T - 1)
+    assert _row(untuned, "03_multi_model", "tuning")["seconds"] == 0
     two = estimate(dataclasses.replace(p, extra_orders=(tuple(reversed(p.task_order)),)))
     assert _row(two, "04_sequential", "chain evaluations")["seconds"] == pytest.approx(
         2 * _row(est, "04_sequential", "chain evaluations")["seconds"])
-    assert _row(estimate(dataclasses.replace(p, tune=False, n_val=0)), "03_multi_model", "tuning")["seconds"] == 0
+    short = estimate(dataclasses.replace(p, chain_length=3))
+    assert _row(short, "04_sequential", "chain trainings")["count"] == 4 * 2 - 2
+    assert (_row(short, "04_sequential", "chain evaluations")["seconds"]
+            < _row(est, "04_sequential", "chain evaluations")["seconds"])
+
+
+def test_skipped_notebooks_are_not_planned_unless_named():
+    p = get_profile("cpu")
+    assert "02_single_model" in p.skip and "02_single_model" not in set(estimate(p)["notebook"])
+    assert list(per_notebook(p, ["02_single_model"]).index) == ["02_single_model"]
 
 
 def test_more_test_examples_cost_more_and_reports_select_notebooks():
     p = get_profile("cpu")
     small, big = per_notebook(dataclasses.replace(p, n_test=80)), per_notebook(p)
-    assert (big[["02_single_model", "03_multi_model", "04_sequential"]] >
-            small[["02_single_model", "03_multi_model", "04_sequential"]]).all()
+    assert (big[["03_multi_model", "04_sequential"]] > small[["03_multi_model", "04_sequential"]]).all()
     assert list(per_notebook(p, ["04_sequential"]).index) == ["04_sequential"]
     text = report(p, ["03_multi_model"])
     assert "03_multi_model" in text and "04_sequential" not in text and "total" in text

@@ -327,6 +327,28 @@ def test_sequential_ewc_caches_fisher(base, tmp_path):
         sequential_finetune(base, ["a"], by_task, cfg("lora"), tmp_path / "x", ewc=True)
 
 
+def test_sequential_steps_reuse_checkpoints_of_the_same_inputs(base, tmp_path, monkeypatch):
+    """Step 1 of a chain is the expert of its first task (sft and ewc alike) and is not trained again; a step 2
+    trained elsewhere from the same inputs (the tuning's) stands in too; training would give the same weights."""
+    _, tok = load_model(base)
+    by_task = {"a": make_samples(tok, WORDS[:4]), "b": make_samples(tok, WORDS[4:], offset=1)}
+    plain = cfg("lora", epochs=1)
+    expert = train_and_save(base, by_task["a"], plain, tmp_path / "expert-a", progress=False)
+    second = train_and_save(expert, by_task["b"], plain, tmp_path / "second", progress=False)
+    calls = []
+    real = training.finetune
+    monkeypatch.setattr(training.checkpoints, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    paths = sequential_finetune(base, ["a", "b"], by_task, plain, tmp_path / "sft", progress=False,
+                                reuse=[tmp_path / "missing", expert, second])
+    assert paths == [expert, second] and not calls
+    ewc_cfg = cfg("lora", epochs=1, ewc_lambda=10.0, ewc_samples=2)
+    paths = sequential_finetune(base, ["a", "b"], by_task, ewc_cfg, tmp_path / "ewc", ewc=True, progress=False,
+                                reuse=[expert, second])
+    assert paths[0] == expert and paths[1] == tmp_path / "ewc" / "step2_b" and len(calls) == 1  # penalty: trains
+    fresh = sequential_finetune(base, ["a"], by_task, plain, tmp_path / "fresh", progress=False)
+    assert same(load_model(fresh[0])[0].state_dict(), load_model(expert)[0].state_dict())
+
+
 @pytest.mark.parametrize("order, match", [
     (["a", "zzz"], "'zzz' in task_order have no samples"),
     (["a", "b", "a"], "'a' appear more than once"),

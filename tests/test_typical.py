@@ -61,7 +61,7 @@ def test_duplicate_nearest_takes_next_unused():
 
 def test_k_equals_n_with_duplicate_points():
     x = np.ones((3, 2))
-    with pytest.warns(Warning):  # sklearn: fewer distinct clusters than k
+    with pytest.warns(UserWarning, match="1 distinct candidate rows for k = 3"):
         idx = select_typical(x, 3, n_init=1)
     assert idx == [0, 1, 2]
 
@@ -94,3 +94,35 @@ def test_typical_samples_end_to_end(tmp_path):
     assert len(typical_samples(model, tok, texts, 4, method="random")) == 4
     with pytest.raises(ValueError, match="k = 13"):
         typical_samples(model, tok, texts, 13, progress=False)
+
+
+def test_kmeans_matches_sklearn_quality():
+    """Our BLAS-free k-means finds as good a clustering as scikit-learn's on blobs (inertia within 1%)."""
+    from sklearn.cluster import KMeans
+
+    from recall.typical import kmeans
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(loc=rng.normal(size=12) * 4, size=(30, 12)) for _ in range(5)])
+    _, ours = kmeans(x, 5, n_init=5, seed=0)
+    theirs = KMeans(n_clusters=5, n_init=5, random_state=0).fit(x).inertia_
+    assert ours <= theirs * 1.01
+
+
+def test_typical_samples_do_not_depend_on_the_blas_kernel():
+    """The same typical samples whatever OpenBLAS kernel a process picks (scikit-learn's KMeans picked 5 of 16
+    samples differently between a shell and tox, which set different OPENBLAS_CORETYPE)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from recall.typical import select_typical; rng = np.random.default_rng(0); "
+            "c = rng.normal(size=(6, 576)) * 3; "
+            "x = np.stack([c[i % 6] + rng.normal(size=576) * 4 for i in range(64)]) * 1e2 + 5e3; "
+            "print(select_typical(x.astype(np.float32), 16))")
+    out = set()
+    for coretype in ("Prescott", "Sandybridge", "Haswell"):
+        env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+        out.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                               check=True).stdout)
+    assert len(out) == 1, out

@@ -36,11 +36,36 @@ def _validate_order(task_order, samples_by_task) -> list[str]:
     return order
 
 
+EWC_FIELDS = ("ewc_lambda", "ewc_samples", "ewc_gamma")
+
+
+def _stand_in(candidates, fp: dict) -> Path | None:
+    """The first of ``candidates`` that is a finished checkpoint trained from the inputs of fingerprint ``fp``."""
+    import json
+
+    from .checkpoints import TRAINING_META, is_complete_checkpoint
+
+    def plain(f: dict) -> dict:  # the EWC settings do not matter where no penalty applies
+        if f.get("ewc") is not None:
+            return f
+        return {**f, "config": {k: v for k, v in f["config"].items() if k not in EWC_FIELDS}}
+
+    want = plain(fp)
+    for c in candidates:
+        c = Path(c)
+        if not (c / TRAINING_META).is_file() or not is_complete_checkpoint(c):
+            continue
+        have = json.loads((c / TRAINING_META).read_text()).get("fingerprint", {})
+        if "config" in have and plain(have) == want:
+            return c
+    return None
+
+
 def sequential_finetune(model_path: str | os.PathLike, task_order: Sequence[str],
                         samples_by_task: dict[str, Sequence[Sample]], config: TrainConfig,
                         out_root: str | os.PathLike, ewc: bool = False,
                         after_task: Callable[[int, str, Path], Path | None] | None = None,
-                        progress: bool = True) -> list[Path]:
+                        progress: bool = True, reuse: Sequence[str | os.PathLike] = ()) -> list[Path]:
     """Learn the tasks one after another; returns the model in effect after each step.
 
     Step ``i`` (1-based) fine-tunes the model left by step ``i-1`` (step 1: ``model_path``) on
@@ -57,6 +82,11 @@ def sequential_finetune(model_path: str | os.PathLike, task_order: Sequence[str]
     ``config.batch_size``), cached in ``out_root/step{i}_{task}.fisher.safetensors``, and the
     accumulated Fisher (``config.ewc_gamma``) penalizes later steps, anchored at each step's start
     model. Fishers are computed lazily, only when a later step still has to train.
+
+    ``reuse``: finished checkpoints (``train_and_save`` folders) that may stand for a step. A step not yet on
+    disk whose training inputs equal a candidate's (the same start model, samples and config, and the same EWC
+    tasks; the EWC settings are not compared where no penalty applies, as in step 1) takes the candidate as its
+    checkpoint instead of training: for example the expert of the first task, which step 1 of every chain is.
     """
     from accelerate.utils import broadcast_object_list
 
@@ -104,7 +134,11 @@ def sequential_finetune(model_path: str | os.PathLike, task_order: Sequence[str]
         # fingerprint is not compared; base, config and samples are)
         if not _reusable(ckpt, _fingerprint(current, samples_by_task[task], config, None), ignore=("ewc",)):
             state = ewc_state()
-            train_and_save(current, samples_by_task[task], config, ckpt, ewc=state, progress=progress)
+            same = _stand_in(reuse, _fingerprint(current, samples_by_task[task], config, state))
+            if same is not None:
+                ckpt = same
+            else:
+                train_and_save(current, samples_by_task[task], config, ckpt, ewc=state, progress=progress)
             del state
         result = ckpt
         if after_task is not None:
