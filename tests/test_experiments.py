@@ -104,3 +104,30 @@ def test_tuning_picks_the_best_validation_point_and_the_scenarios_use_it(tmp_pat
     assert set(s["method"]) == {"recall", "ewc"} and (s.groupby("method")["chosen"].sum() == 1).all()
     lam = json.loads(s[(s["method"] == "ewc") & s["chosen"]]["options"].iloc[0])["ewc_lambda"]
     assert run.options("sequential", "ewc") == {"ewc_lambda": lam}
+
+
+def test_chains_stop_at_chain_length_and_share_the_experts_and_tuning(tmp_path):
+    """With ``chain_length=2`` a chain learns the first two tasks of the order; step 1 is the first task's expert
+    and sft's step 2 is the tuning's step 2 (found by fingerprint); the derived tables and figures read the chain."""
+    from recall import plots
+    from recall.experiments import base_examples, sequential, sequential_tuning
+    from recall.tables import Params, sequential_tables
+
+    run, _ = _run(tmp_path, chain_length=2)
+    order = run.profile.chain()
+    assert order == SMOKE.task_order[:2]
+    sequential_tuning(run, SMOKE.task_order)
+    trained = list(run.trained)
+    df = sequential(run, SMOKE.task_order, methods=("sft", "recall"))
+    assert set(df["step"]) == {1, 2} and set(df["task"]) == set(order) | set(SMOKE.unseen)
+    # both sft steps stood in for by the expert and the tuning's checkpoint: nothing trained under the chain
+    assert not [s for r in (tmp_path / "sequential").glob("sft-*") for s in r.glob("step*")]
+    assert run.expert(order[0]) in trained
+    recall_root = next((tmp_path / "sequential").glob("recall-*"))
+    assert [p.name for p in sorted(recall_root.glob("step*"))] == ["step2_" + order[1]]
+    p = Params.of(run.profile)
+    assert p.chain == order
+    t = sequential_tables(df, base_examples(run, order + tuple(SMOKE.unseen)), p)
+    assert list(t["R_sft"].columns)[:2] == list(order)
+    figs = plots._sequential_figures(t, "smoke", SMOKE.task_order)
+    assert "seq_forgetting" in figs
