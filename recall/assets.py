@@ -237,19 +237,24 @@ def load_tokenizer(name_or_path: str | os.PathLike = "smollm2"):
     return tok
 
 
-def load_model(name_or_path: str | os.PathLike = "smollm2", dtype=None, device: str | None = None):
+def load_model(name_or_path: str | os.PathLike = "smollm2", dtype=None, device: str | None = None,
+               device_map=None, offload_folder: str | os.PathLike | None = None):
     """(model, tokenizer) for 'smollm2', a local Hugging Face folder, or (when online) a hub id.
 
     The tokenizer comes from :func:`load_tokenizer`. The model is in eval mode, fp32 by default. No code
     from the folder ever runs (``trust_remote_code=False``; a local folder with an ``auto_map`` is refused).
+    ``device_map`` (``"auto"``, or a dict of module name -> device, as in ``from_pretrained``) spreads the
+    layers over several devices (accelerate's dispatch; ``device`` is then ignored): the representation pass
+    and scoring take such a model as they take any other.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=False)
-    if device:
+    kw = {"device_map": device_map, "offload_folder": offload_folder} if device_map is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=False, **kw)
+    if device and device_map is None:
         model.to(device)
     model.eval()
     return model, tok

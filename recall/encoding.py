@@ -134,3 +134,16 @@ def collate(examples: Sequence[dict], pad_id: int, side: str = "right", prefix: 
     if has_labels:
         out["labels"] = labels
     return out
+
+
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: its input embeddings' device (the first device of a model dispatched over
+    several with a ``device_map``)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    try:
+        return next(p.device for p in model.parameters() if p.device.type != "meta")
+    except StopIteration:
+        return torch.device("cpu")

@@ -272,7 +272,7 @@ class Run:
 
         p = self.profile
         t0 = time.time()
-        mdl, tok = loaded or load_model(self.weights_of(model), device=p.device)
+        mdl, tok = loaded or load_model(self.weights_of(model), device=p.device, device_map=p.device_map)
         df = score_task(mdl, tok, self.task(task), self.data(task)[split], max_text_tokens=p.max_text_tokens,
                         batch_size=p.eval_batch_size, progress=self.progress, scoring=p.scoring)
         atomic_write_text(f, df.to_csv(index=False))
@@ -285,7 +285,8 @@ class Run:
 
         loaded = None
         if any(not self._eval_file(model, t, split).exists() for t in tasks):
-            loaded = load_model(self.weights_of(model), device=self.profile.device)
+            loaded = load_model(self.weights_of(model), device=self.profile.device,
+                                device_map=self.profile.device_map)
         frames = [self.evaluate(model, t, loaded, split)[["example", "label", "pred", "correct"]]
                   .assign(task=t, **context) for t in tasks]
         return pd.concat(frames, ignore_index=True)
@@ -518,7 +519,7 @@ def representation_analysis(run: Run, n_samples: int = 32) -> dict[str, pd.DataF
     paths = [run.base] + [run.expert(t) for t in p.tasks] + [run.expert(p.tasks[0], seed=run.seed + 1)]
     reps = []
     for n, path in zip(names, paths):
-        mdl, tok = load_model(path, device=p.device)
+        mdl, tok = load_model(path, device=p.device, device_map=p.device_map)
         reps.append(layer_representations(mdl, tok, texts, batch_size=p.eval_batch_size, progress=run.progress,
                                           desc=f"representations {n}").numpy())
     measures = ("rbf", "cka_linear")

@@ -55,7 +55,7 @@ def validation_rows(run, model_path: Path, name: str, tasks, casings=("lower",))
     from .scoring import all_label_scores
     from .tasks import get_task
 
-    model, tok = load_model(model_path, device=run.profile.device)
+    model, tok = load_model(model_path, device=run.profile.device, device_map=run.profile.device_map)
     rows = []
     for t in tasks:
         ds = run.data(t)["validation"]

@@ -26,7 +26,10 @@ from .profiles import Profile, get_profile
 class Rates:
     train_s_per_token: float = 0.0043  # LoRA step, 2 threads (training.json: 4.35 s per 1k tokens)
     template_tokens: int = 60  # chat template, system prompt, instruction and label options of a training example
-    eval_s_per_example: float = 0.044  # rank classification at max_text_tokens = 40, batch 32
+    # rank classification at max_text_tokens = 40, batch 32, calibrated (the cold cpu run of December 2026:
+    # 1869 s for 22,800 examples in 03, 425 s for 6,280 in 04's first order; tasks with many labels cost more)
+    eval_s_per_example: float = 0.072
+    assets_s: float = 150.0  # an empty cache: the GGUF model converted to safetensors, the data archives read
     load_s: float = 1.5  # loading a model folder
     merge_s: float = 1.5  # a streaming merge: fixed part ...
     merge_s_per_model: float = 0.6  # ... and per SmolLM2-135M checkpoint read
@@ -73,6 +76,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
     expert = _train_s(p, p.n_train, r)
     add("01_representations", "experts and the null expert (trainings)", (T + 1) * seeds, (T + 1) * expert * seeds)
     add("01_representations", "representation pass", seeds, seeds * (T + 2) * (32 * r.reps_s_per_text + r.load_s))
+    add("01_representations", "model conversion and data (an empty cache only)", 1, r.assets_s)
     n_single = T * (2 + len(p.single_methods)) * seeds
     add("02_single_model", "merges", T * len(p.single_methods) * seeds,
         sum(_merge_s(p, m, 2, r) for m in p.single_methods) * T * seeds)

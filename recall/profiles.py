@@ -109,6 +109,9 @@ class Profile:
     eval_batch_size: int = 32
     n_boot: int = 1000
     device: str = "cpu"
+    # scoring and the representation pass on several accelerators: "auto" (or a module -> device dict) spreads each
+    # model's layers over them (recall.assets.load_model); training spreads by `accelerate launch` instead
+    device_map: str | None = None
     notes: str = ""
 
     def __post_init__(self):

@@ -55,7 +55,7 @@ import yaml
 from .fsutil import CacheBusy, cache_lock
 from .profiles import PROFILES, check_task_order, get_profile
 from .progress import ENV as PROGRESS_ENV
-from .results import NoCheckout, repo_root, results_root, subdir_for
+from .results import NoCheckout, forget_notebook, repo_root, results_root, subdir_for
 
 OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -207,6 +207,8 @@ class _Tail(threading.Thread):
                 *lines, pending = pending.split("\n")
                 for line in lines:
                     tqdm.write(f"{self.prefix}{line}", file=sys.stdout)
+                if lines:
+                    sys.stdout.flush()  # a log file sees the lines as they come, not at the end
                 if finished:
                     return
 
@@ -347,6 +349,11 @@ def _main(argv=None) -> int:
     print(selected_plan(profile, stems, None if args.seed is None else [args.seed], "task_order" in extra))
     print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
     with cache_lock():  # one replicate run per experiment cache; a second one exits with a clear message
+        if not args.notebooks:  # the whole replication: a notebook the profile skips keeps no earlier results
+            for stem in profile.skip:
+                gone = forget_notebook(root / profile.name, stem)
+                if gone:
+                    print(f"profile {profile.name} skips {stem}: removed its earlier results ({len(gone)} files)")
         return _run_jobs(jobs, root / profile.name / "notebooks", args)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import collate, common_prefix_len, pad_token_id, tokenize
+from .encoding import collate, common_prefix_len, input_device, pad_token_id, tokenize
 
 POOLINGS = ("content", "mean", "last")
 
@@ -41,13 +41,6 @@ def shared_affixes(tokenizer, texts: Sequence[str], max_length: int = 512) -> tu
     prefix = common_prefix_len(ids, cap)
     suffix = common_prefix_len([x[::-1] for x in ids], cap - prefix)
     return prefix, suffix
-
-
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -120,7 +113,7 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
         raise ValueError("layer_representations got an empty list of texts; pass at least one text")
     if batch_size < 1 or max_length < 1:
         raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else input_device(model)
     side = getattr(tokenizer, "padding_side", "right")
     pad_id = pad_token_id(tokenizer)
 
@@ -160,8 +153,8 @@ def layer_representations(model, tokenizer, texts: list[str], batch_size: int = 
                             use_cache=False)
                 hidden = res.hidden_states
                 keep = _layer_indices(layers, len(hidden))
-                bmask = pool_mask.to(device)
-                pooled = torch.stack([_pool(hidden[j], bmask, pooling) for j in keep]).cpu()
+                # each layer's states stay on their layer's device (a device_map spreads them); pooled on the CPU
+                pooled = torch.stack([_pool(hidden[j], pool_mask.to(hidden[j].device), pooling).cpu() for j in keep])
                 if out is None:
                     out = torch.empty((pooled.shape[0], len(texts), pooled.shape[2]), dtype=torch.float32)
                 out[:, torch.tensor(idx)] = pooled

@@ -162,6 +162,8 @@ class Results:
         path = self.profile_dir / "provenance.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         key = self.notebook + (f"/{self.dir.name}" if self.dir != self.profile_dir else "")
+        old = data.get("notebooks", {}).get(key, {})
+        remove_files(self.profile_dir, set(old.get("files", [])) - set(self.files))  # an earlier run's leftovers
         data.setdefault("notebooks", {})[key] = {
             "git_commit": git_commit(),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -176,6 +178,43 @@ class Results:
             "files": sorted(set(self.files)),
         }
         return atomic_write_json(path, data)
+
+
+def remove_files(profile_dir: Path, names) -> list[str]:
+    """Delete the files ``names`` (paths relative to ``profile_dir``, as provenance lists them) that an earlier
+    run of a notebook wrote and a later run did not: plain files inside the folder only, nothing else."""
+    root = Path(profile_dir).resolve()
+    gone = []
+    for name in sorted(names):
+        raw = root / name
+        f = raw.resolve()
+        if raw.is_symlink() or not f.is_relative_to(root) or not f.is_file():
+            continue
+        if f.suffix in (".csv", ".png", ".json", ".ipynb"):
+            f.unlink()
+            gone.append(name)
+    return gone
+
+
+def forget_notebook(profile_dir: str | Path, notebook: str) -> list[str]:
+    """Remove ``notebook``'s entries (its main run and its subfolders) from ``provenance.json`` and delete the
+    result files they list and its executed notebooks; returns the deleted files. For a notebook a profile no
+    longer runs (``skip``), so its earlier results never sit beside a new run's."""
+    path = Path(profile_dir) / "provenance.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    entries = data.get("notebooks", {})
+    keys = [k for k in entries if k == notebook or k.startswith(notebook + "/")]
+    if not keys:
+        return []
+    executed = [f"notebooks/{p.name}" for p in (Path(profile_dir) / "notebooks").glob(f"{notebook}*.ipynb")
+                if p.stem == notebook or p.stem.startswith(notebook + "-")]
+    gone = remove_files(Path(profile_dir), {f for k in keys for f in entries[k].get("files", [])} | set(executed))
+    for k in keys:
+        del entries[k]
+    atomic_write_json(path, data)
+    return gone
 
 
 def png_bytes(fig) -> bytes:

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import collate, common_prefix_len, pad_token_id, tokenize
+from .encoding import collate, common_prefix_len, input_device, pad_token_id, tokenize
 
 SCORINGS = ("sum", "mean", "first", "calibrated")
 REDUCTIONS = ("sum", "mean", "first")
@@ -76,7 +76,7 @@ def label_loglik_all(model, tokenizer, prompts: list[str], candidates: list[str]
         raise ValueError("no prompts to score")
     if not candidates:
         raise ValueError("no candidate labels to score")
-    device = next(model.parameters()).device
+    device = input_device(model)  # the inputs' device (the first of a model spread by a device_map)
     cand_ids = [tokenize(tokenizer, c) for c in candidates]
     if any(len(c) == 0 for c in cand_ids):
         raise ValueError(f"a candidate label tokenizes to nothing: {candidates}")
@@ -118,7 +118,7 @@ def label_loglik_all(model, tokenizer, prompts: list[str], candidates: list[str]
             h2, _ = _final_hidden(model, cont, m2, p2, past=past)
             lps = _logprobs(model, h2).double()  # (B*r, width2, V)
             for j, (c, toks) in enumerate(multi):
-                nxt = torch.tensor(toks[1:], device=device)
+                nxt = torch.tensor(toks[1:], device=lps.device)
                 rows = lps[j::r, : len(toks) - 1]  # (B, len-1, V)
                 block[:, c] += rows.gather(-1, nxt.expand(b, -1)[..., None])[..., 0].sum(-1)
         scores[idx] = block.cpu().numpy()

@@ -358,6 +358,22 @@ def test_cli_merge_and_dry_run(tmp_path, tiny_pool, capsys):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_cli_merge_takes_a_task_pool_of_the_size_and_truncation_asked(tmp_path, tiny_pool, monkeypatch):
+    """``--task``: the first ``--n-samples`` training examples, each text cut to ``--max-text-tokens``."""
+    from recall import cli
+
+    base, experts = tiny_pool
+    seen = {}
+    real = cli._task_samples
+    monkeypatch.setattr(cli, "_task_samples", lambda *a: seen.setdefault("s", real(*a)))
+    assert cli.main(["merge", "--method", "recall", "--base", str(base), "--models", *map(str, experts),
+                     "--task", "trec", "--n-samples", "12", "--max-text-tokens", "6", "--k", "4",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    long = real("trec", str(experts[-1]), 12, 0, 64)
+    assert len(seen["s"]) == 12 and all(len(a.text) <= len(b.text) for a, b in zip(seen["s"], long))
+    assert any(len(a.text) < len(b.text) for a, b in zip(seen["s"], long))
+
+
 def test_similarity_names_match_the_registry():
     from recall.merge.recall import SIMILARITY_NAMES
     from recall.similarity import SIMILARITIES

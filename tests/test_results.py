@@ -77,3 +77,32 @@ def test_redraw_replaces_a_runs_figures_and_touches_no_table(tmp_path):
 
     width, _, dpi = png_size(folder / "efficiency_time.png")
     assert round(dpi) == DPI and width / dpi <= 7.0 + 1e-6
+
+
+def test_a_rerun_removes_its_earlier_leftovers_and_a_skipped_notebook_is_forgotten(tmp_path):
+    """A notebook's new run deletes the files its previous run listed and this one did not write; forgetting a
+    notebook removes its entries, their files and its executed notebooks, and touches nothing else."""
+    import json
+
+    import pandas as pd
+
+    folder = tmp_path / "p"
+    (folder / "notebooks").mkdir(parents=True)
+    for name in ("old.csv", "kept.csv", "other.csv", "notebooks/nb.ipynb", "notebooks/nb-order-a.ipynb",
+                 "notebooks/nbx.ipynb", "user.txt"):
+        (folder / name).write_text("x")
+    entries = {"nb": {"files": ["old.csv", "kept.csv", "../outside.csv"]}, "nb/order-a": {"files": []},
+               "other": {"files": ["other.csv"]}}
+    (folder / "provenance.json").write_text(json.dumps({"notebooks": entries}))
+    (tmp_path / "outside.csv").write_text("x")
+    res = results.Results("p", "nb", root=tmp_path)
+    res.table("base_scores", pd.DataFrame({"task": ["a"], "accuracy": [0.5]}))
+    res.files.append("kept.csv")
+    res.provenance({"name": "p"})
+    assert not (folder / "old.csv").exists() and (folder / "kept.csv").exists()
+    assert (tmp_path / "outside.csv").exists()  # never outside the results folder
+    gone = results.forget_notebook(folder, "nb")
+    assert sorted(gone) == ["base_scores.csv", "kept.csv", "notebooks/nb-order-a.ipynb", "notebooks/nb.ipynb"]
+    left = json.loads((folder / "provenance.json").read_text())["notebooks"]
+    assert list(left) == ["other"]
+    assert all((folder / n).exists() for n in ("other.csv", "notebooks/nbx.ipynb", "user.txt"))

@@ -294,6 +294,8 @@ CASES = [
     Case("max-shard-gb-0", lambda ws: merge("--max-shard-gb", "0"), r"--max-shard-gb must be a finite number > 0"),
     Case("max-shard-gb-nan", lambda ws: merge("--max-shard-gb", "nan"), r"--max-shard-gb must be a finite number"),
     Case("batch-size-0", lambda ws: merge("--batch-size", "0"), r"--batch-size must be an integer >= 1, got 0"),
+    Case("max-text-tokens-0", lambda ws: merge("--max-text-tokens", "0"),
+         r"--max-text-tokens must be an integer >= 1, got 0"),
     Case("bad-dtype", lambda ws: merge("--dtype", "int8"), r"recall merge: error: argument --dtype: invalid choice"),
     Case("dry-run-k-too-large", lambda ws: [a if a != "2" else "50" for a in recall_merge("--dry-run")],
          r"k=50 typical samples requested but only 8 samples of the new task given"),

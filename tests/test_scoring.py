@@ -94,3 +94,23 @@ def test_score_task_per_example_frame(tiny):
     assert (df["correct"] == (df["pred"] == df["label"])).all()
     ll = df[[f"ll_{w}" for w in task.labels]].to_numpy()
     assert np.isfinite(ll).all() and (ll <= 0).all()
+
+
+def test_a_model_spread_by_a_device_map_scores_and_reads_as_the_plain_one(tmp_path):
+    """load_model(device_map=...): accelerate's dispatch (one block offloaded to disk, so inputs and states move
+    between devices through its hooks) gives the same label scores and layer representations."""
+    from recall.assets import load_model
+    from recall.representations import layer_representations
+
+    path = make_tiny_checkpoint(tmp_path / "m", seed=3)
+    plain, tok = load_model(path)
+    layers = [f"model.layers.{i}" for i in range(plain.config.num_hidden_layers)]
+    device_map = {"model.embed_tokens": "cpu", **{n: "cpu" for n in layers}, layers[1]: "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    spread, _ = load_model(path, device_map=device_map, offload_folder=tmp_path / "offload")
+    assert getattr(spread, "hf_device_map", None)
+    np.testing.assert_allclose(label_loglik(spread, tok, PROMPTS, CANDS, batch_size=2, progress=False),
+                               label_loglik(plain, tok, PROMPTS, CANDS, batch_size=2, progress=False), atol=1e-5)
+    a = layer_representations(spread, tok, PROMPTS, batch_size=2, progress=False)
+    b = layer_representations(plain, tok, PROMPTS, batch_size=2, progress=False)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
