@@ -115,6 +115,27 @@ def _reusable(out: Path, fp: dict, ignore: tuple[str, ...] = ()) -> bool:
     return True
 
 
+EWC_FIELDS = ("ewc_lambda", "ewc_samples", "ewc_gamma")
+
+
+def _stand_in(candidates, fp: dict) -> Path | None:
+    """The first of ``candidates`` that is a finished checkpoint trained from the inputs of fingerprint ``fp``."""
+    def plain(f: dict) -> dict:  # the EWC settings do not matter where no penalty applies
+        if f.get("ewc") is not None:
+            return f
+        return {**f, "config": {k: v for k, v in f["config"].items() if k not in EWC_FIELDS}}
+
+    want = plain(fp)
+    for c in candidates:
+        c = Path(c)
+        if not (c / TRAINING_META).is_file() or not is_complete_checkpoint(c):
+            continue
+        have = json.loads((c / TRAINING_META).read_text()).get("fingerprint", {})
+        if "config" in have and plain(have) == want:
+            return c
+    return None
+
+
 def train_and_save(model_path: str | os.PathLike, samples: Sequence[Sample], config: TrainConfig,
                    out_dir: str | os.PathLike, ewc: EWCState | None = None, progress: bool = True) -> Path:
     """Load ``model_path`` (``smollm2`` or a folder), fine-tune, save a plain checkpoint to ``out_dir``.

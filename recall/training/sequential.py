@@ -7,7 +7,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..samples import Sample
-from .checkpoints import _fingerprint, _is_main_process, _num_processes, _reusable, _wait_for_everyone, train_and_save
+from .checkpoints import (
+    _fingerprint,
+    _is_main_process,
+    _num_processes,
+    _reusable,
+    _stand_in,
+    _wait_for_everyone,
+    train_and_save,
+)
 from .config import TrainConfig
 from .ewc import EWCState, _float_params, fisher_diagonal, load_fisher, save_fisher
 from .objective import _check_samples
@@ -34,31 +42,6 @@ def _validate_order(task_order, samples_by_task) -> list[str]:
     for t in order:
         _check_samples(samples_by_task[t], f"samples_by_task[{t!r}]")
     return order
-
-
-EWC_FIELDS = ("ewc_lambda", "ewc_samples", "ewc_gamma")
-
-
-def _stand_in(candidates, fp: dict) -> Path | None:
-    """The first of ``candidates`` that is a finished checkpoint trained from the inputs of fingerprint ``fp``."""
-    import json
-
-    from .checkpoints import TRAINING_META, is_complete_checkpoint
-
-    def plain(f: dict) -> dict:  # the EWC settings do not matter where no penalty applies
-        if f.get("ewc") is not None:
-            return f
-        return {**f, "config": {k: v for k, v in f["config"].items() if k not in EWC_FIELDS}}
-
-    want = plain(fp)
-    for c in candidates:
-        c = Path(c)
-        if not (c / TRAINING_META).is_file() or not is_complete_checkpoint(c):
-            continue
-        have = json.loads((c / TRAINING_META).read_text()).get("fingerprint", {})
-        if "config" in have and plain(have) == want:
-            return c
-    return None
 
 
 def sequential_finetune(model_path: str | os.PathLike, task_order: Sequence[str],
