@@ -9,7 +9,9 @@ A benchmark, not a test: it prints figures (and writes them with ``--out``). In 
   the cpu profile's prompt length), LoRA and full fine-tuning, ms per token read (prompt + answer, no
   padding), for every ``--variant`` (TrainConfig fields, e.g. ``bf16:autocast=bf16``);
 - scoring: ``recall.scoring.score_task`` on ``--n-test`` test examples, ms per evaluated token (prompt tokens
-  after the shared prefix, the prefix once, and the continuation tokens of multi-token labels).
+  after the shared prefix, the prefix once, and the continuation tokens of multi-token labels), in float32 and
+  under bfloat16 autocast (the cpu profile's ``eval_autocast``; its floor at the bf16 matmul rate, and the share
+  of predictions equal to float32's).
 
 The floor is the matmul FLOPs those tokens need divided by the measured fp32 GFLOP/s: per token 2 x the
 decoder's linear parameters forward (6 x for full training: forward, activation and weight gradients; 4 x
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", type=parse_variant, default=None,
                    help="NAME:FIELD=VALUE,... TrainConfig overrides to time (repeatable; default: 'default:')")
     p.add_argument("--skip-scoring", action="store_true")
+    p.add_argument("--scoring", default="calibrated", help="scoring rule (recall.scoring.SCORINGS; the cpu profile's)")
     p.add_argument("--accuracy-epochs", type=int, default=0,
                    help="also train a LoRA expert per variant for this many epochs (not timed) and score it on the "
                         "test split: how much a variant (bf16 autocast) moves the scores")
@@ -211,15 +214,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f})")
                 del model, res
         if not args.skip_scoring:
-            t0 = time.perf_counter()
-            df = score_task(model0, tok, task, splits["test"], max_text_tokens=args.max_text_tokens,
-                            batch_size=args.eval_batch_size, progress=False)
-            wall = time.perf_counter() - t0
-            floor_ms = 1000 * score_floor_flops(shapes, st) / (gf["float32"][-1] * 1e9) / st["tokens"]
-            rows.setdefault("score", []).append({"ms_per_token": 1000 * wall / st["tokens"], "tokens": st["tokens"],
+            preds = {}
+            for autocast, dt in ((None, "float32"), ("bfloat16", "bfloat16")):  # Profile.eval_autocast
+                t0 = time.perf_counter()
+                df = score_task(model0, tok, task, splits["test"], max_text_tokens=args.max_text_tokens,
+                                batch_size=args.eval_batch_size, progress=False, scoring=args.scoring,
+                                autocast=autocast)
+                wall = time.perf_counter() - t0
+                preds[dt] = df["pred"].to_numpy()
+                floor_ms = 1000 * score_floor_flops(shapes, st) / (gf[dt][-1] * 1e9) / st["tokens"]
+                key = "score" if autocast is None else f"score autocast {autocast}"
+                rows.setdefault(key, []).append({"ms_per_token": 1000 * wall / st["tokens"], "tokens": st["tokens"],
                                                  "accuracy": float(df["correct"].mean()),
+                                                 "same_predictions": float((preds[dt] == preds["float32"]).mean()),
                                                  "floor_ms_per_token": floor_ms})
-            log(f"[{rep + 1}] score: {1000 * wall / st['tokens']:.2f} ms/evaluated token ({st['tokens']} tokens)")
+                log(f"[{rep + 1}] {key}: {1000 * wall / st['tokens']:.2f} ms/evaluated token ({st['tokens']} tokens)")
 
     accuracy = {}
     for name, over in variants if args.accuracy_epochs else []:
@@ -248,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = med([r["ms_per_token"] / r["floor_ms_per_token"] for r in rs])  # each run against its repeat's floor
         note = (f"loss {med([r['first_loss'] for r in rs]):.4f} -> {med([r['last_loss'] for r in rs]):.4f}, padding "
                 f"{med([r['padded_tokens'] / r['tokens'] - 1 for r in rs]):.1%}"
-                if "first_loss" in rs[0] else f"accuracy {med([r['accuracy'] for r in rs]):.3f}")
+                if "first_loss" in rs[0] else f"accuracy {med([r['accuracy'] for r in rs]):.3f}, predictions equal to "
+                f"float32's {med([r['same_predictions'] for r in rs]):.1%} (floor at this dtype's matmul rate)")
         print(f"{key:28s} {ms:9.2f} {fl:9.2f} {ratio:6.2f}x  {note}")
         summary[key] = {"ms_per_token": ms, "floor_ms_per_token": fl, "ratio": ratio, "runs": rs}
     if accuracy:

@@ -257,7 +257,7 @@ class Run:
         ds = self.data(task)[split]
         data = _key([list(ds["text"]), list(ds["label"])])
         key = _key([self.ref(model), task, split, data, p.max_text_tokens, p.label_casing, p.scoring,
-                    code_fingerprint(*EVAL_CODE)])
+                    code_fingerprint(*EVAL_CODE)] + ([p.eval_autocast] if p.eval_autocast else []))
         tag = "" if split == "test" else f"-{split}"
         return self.root / "evals" / f"{Path(model).name}-{task}{tag}-{key}.csv"
 
@@ -274,7 +274,8 @@ class Run:
         t0 = time.time()
         mdl, tok = loaded or load_model(self.weights_of(model), device=p.device, device_map=p.device_map)
         df = score_task(mdl, tok, self.task(task), self.data(task)[split], max_text_tokens=p.max_text_tokens,
-                        batch_size=p.eval_batch_size, progress=self.progress, scoring=p.scoring)
+                        batch_size=p.eval_batch_size, progress=self.progress, scoring=p.scoring,
+                        autocast=p.eval_autocast)
         atomic_write_text(f, df.to_csv(index=False))
         self._timed("evaluation", t0)
         return df
@@ -472,14 +473,18 @@ def recall_diagnostics(run: Run) -> pd.DataFrame:
     """The ``recall_diagnostics`` table: the diagnostics (``recall_diagnostics.csv``) of the multi-model RECALL
     merge of each reading in ``READINGS`` that the profile runs (the ablations' merges: cached), pool models named
     ``base`` and ``expert-<task>``."""
+    from .merge.pool import pool_labels
+
     p = run.profile
     order = list(p.task_order)
-    names = {"base": "base", **{f"model {i}": f"expert-{t}" for i, t in enumerate(order)}}
+    experts = [run.expert(t) for t in order]
+    # the merge labels its pool by folder name (recall.merge.pool.pool_labels); here by role
+    names = dict(zip(pool_labels("base", experts, True), ["base", *(f"expert-{t}" for t in order)], strict=True))
     frames = []
     for name in READINGS:
         if name != "default" and name not in p.ablations:
             continue
-        merged = run.merge("recall", [run.expert(t) for t in order], samples_task=order[-1],
+        merged = run.merge("recall", experts, samples_task=order[-1],
                            name=f"ablation-{name}", **{**run.options("multi", "recall"), **ABLATIONS[name]})
         d = pd.read_csv(merged / "recall_diagnostics.csv")
         frames.append(d.assign(variant=name, anchor=d["anchor"].map(names), model=d["model"].map(names)))

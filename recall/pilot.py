@@ -63,7 +63,8 @@ def validation_rows(run, model_path: Path, name: str, tasks, casings=("lower",))
         for casing in casings:
             task = get_task(t, casing=casing)
             scores = all_label_scores(model, tok, task, ds["text"], run.profile.max_text_tokens,
-                                      run.profile.eval_batch_size, progress=run.progress)
+                                      run.profile.eval_batch_size, progress=run.progress,
+                                      autocast=run.profile.eval_autocast)
             rows += [_row(name, task, casing, rule, s.argmax(axis=1), label) for rule, s in scores.items()]
     del model
     return rows

@@ -148,7 +148,8 @@ def test_recall_merge_writes_a_loadable_documented_folder(tmp_path, tiny_pool):
     cfg = yaml.safe_load((out / "mergekit.yml").read_text())
     assert cfg["merge_method"] == "linear" and len(cfg["models"]) == 3
     sim = pd.read_csv(out / "recall_similarity.csv", index_col=0)
-    np.testing.assert_allclose(sim["model 1"], 1.0)  # M_N is similar to itself
+    assert list(sim.columns) == ["base", *(e.name for e in experts)]  # columns named by the models' folders
+    np.testing.assert_allclose(sim[experts[-1].name], 1.0)  # M_N is similar to itself
 
 
 @pytest.mark.parametrize("temperature,check", [

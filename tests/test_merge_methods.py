@@ -182,7 +182,11 @@ def test_model_pool_helper():
     assert model_pool("b", ["m0", "m1"], True) == ["b", "m0", "m1"]
     assert model_pool("b", ["m0"], False) == ["m0"]
     assert model_pool(None, ["m0"], True) == ["m0"]
-    assert pool_labels("b", ["x", "y"], True) == ["base", "model 0", "model 1"]
+    assert pool_labels("b", ["/m/expert-trec", "/m/expert-sms"], True) == ["base", "expert-trec", "expert-sms"]
+    assert pool_labels("b", ["/m/x"], False) == ["x"]
+    # a name that would repeat gets its position
+    assert pool_labels("b", ["/a/model", "/b/model", "/c/base"], True) == [
+        "base", "model (model 0)", "model (model 1)", "base (model 2)"]
 
 
 # ----------------------------------------------------------------------------- LM-Cocktail weights
@@ -193,7 +197,7 @@ def test_lm_cocktail_weights_follow_losses(tiny_pool, far_expert):
     m.prepare(_ctx(tiny_pool, models=[*experts, far_expert]))
     rep = m.report()
     table, losses = rep["weights"], rep["losses"]
-    assert list(table.columns) == ["base", "model 0", "model 1", "model 2"] and len(table) == 1
+    assert list(table.columns) == ["base", *(p.name for p in (*experts, far_expert))] and len(table) == 1
     assert rep["pool"] == [str(p) for p in (base, *experts, far_expert)]
     w, loss = losses["weight"].to_numpy(), losses["loss"].to_numpy()
     assert math.isclose(w.sum(), 1.0, rel_tol=1e-9) and (w > 0).all()

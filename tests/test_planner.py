@@ -39,6 +39,15 @@ def test_counts_follow_the_profile():
             < _row(est, "04_sequential", "chain evaluations")["seconds"])
 
 
+def test_scoring_under_autocast_is_planned_at_its_measured_rate():
+    p = get_profile("cpu", eval_autocast=None)
+    fast = dataclasses.replace(p, eval_autocast="bfloat16")
+    unit = "03_multi_model", "evaluations"
+    factor = dict(RATES.eval_autocast_factor)["bfloat16"]
+    assert _row(estimate(fast), *unit)["seconds"] < _row(estimate(p), *unit)["seconds"]
+    assert 0.2 < factor < 1
+
+
 def test_skipped_notebooks_are_not_planned_unless_named():
     p = get_profile("cpu")
     assert "02_single_model" in p.skip and "02_single_model" not in set(estimate(p)["notebook"])

@@ -103,10 +103,11 @@ def test_merge_writes_diagnostics_and_the_weights_follow_them(tmp_path, tiny_poo
     out = merge_models(m, experts, tmp_path / "r", base=base, samples=_samples(), progress=False)
     diag = pd.read_csv(out / "recall_diagnostics.csv", index_col=0)
     assert list(diag.columns) == ["anchor", "model", "D", "S", "delta", "similarity", "weight"]
-    assert len(diag) == 5 * 3 and set(diag["anchor"]) == {"model 1"}
+    newest = experts[-1].name  # pool members are named by their folders
+    assert len(diag) == 5 * 3 and set(diag["anchor"]) == {newest}
     weights = pd.read_csv(out / "recall_weights.csv", index_col=0)
     np.testing.assert_allclose(diag.pivot(columns="model", values="weight")[weights.columns], weights, atol=1e-12)
-    own = diag[diag["model"] == "model 1"]
+    own = diag[diag["model"] == newest]
     assert (own["D"] == 0).all() and (own["similarity"] == 1).all()
     np.testing.assert_allclose(diag["delta"], diag["D"] / diag["S"], rtol=1e-12)
     info = json.loads((out / "merge_config.json").read_text())
@@ -120,8 +121,9 @@ def test_each_model_as_anchor_averages_the_anchors_weights(tmp_path, tiny_pool):
     m = get_method("recall_symmetric", k=3)
     merge_models(m, experts, tmp_path / "s", base=base, samples=samples, progress=False)
     diag = m.report()["diagnostics"].to_frame()
-    assert set(diag["anchor"]) == {"model 0", "model 1"}
-    per_anchor = [g.pivot(columns="model", values="weight")[["base", "model 0", "model 1"]].to_numpy(float)
+    names = [e.name for e in experts]  # the pool is labelled by folder name
+    assert set(diag["anchor"]) == set(names)
+    per_anchor = [g.pivot(columns="model", values="weight")[["base", *names]].to_numpy(float)
                   for _, g in diag.groupby("anchor")]
     np.testing.assert_allclose(m.report()["weights"].to_numpy(), np.mean(per_anchor, axis=0), atol=1e-12)
     assert not np.allclose(per_anchor[0], per_anchor[1])

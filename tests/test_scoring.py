@@ -72,6 +72,20 @@ def test_calibrated_scores_divide_out_the_content_free_prior(tiny):
     np.testing.assert_allclose(np.exp(free).mean(0), 1.0, atol=1e-3)
 
 
+def test_bfloat16_autocast_scores_near_float32_and_leave_the_model_as_it_was(tiny):
+    """autocast="bfloat16" scores the same prompts within bf16's rounding (the cpu profile's eval_autocast); the
+    model's weights stay float32 and a later plain call is float32 again."""
+    model, tok = tiny
+    ref = label_loglik(model, tok, PROMPTS, CANDS, batch_size=2, progress=False)
+    got = label_loglik(model, tok, PROMPTS, CANDS, batch_size=2, progress=False, autocast="bfloat16")
+    assert got.dtype == np.float64 and not np.array_equal(got, ref)  # it really ran in bf16
+    np.testing.assert_allclose(got, ref, atol=0.15)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    np.testing.assert_array_equal(label_loglik(model, tok, PROMPTS, CANDS, batch_size=2, progress=False), ref)
+    with pytest.raises(ValueError, match="unknown autocast"):
+        label_loglik(model, tok, PROMPTS, CANDS, autocast="int8")
+
+
 def test_label_loglik_bad_input(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="unknown reduce"):

@@ -30,6 +30,7 @@ from .. import __version__
 from ..assets import copy_tokenizer
 from .base import MergeError, MergeMethod, Table
 from .layers import _BLOCK, layer_of
+from .pool import pool_labels
 
 WEIGHTS_CSV = "recall_weights.csv"
 MERGEKIT_YAML = "mergekit.yml"
@@ -166,7 +167,9 @@ def write_outputs(folder: Path, method: MergeMethod, models: list[Path], base: P
              f"Made with recall {__version__}, method `{method.name}`" + (f" ({method.reference})." if method.reference
                                                                           else "."), "",
              "## Inputs", "", f"- base: `{base}`" if base else "- base: none"]
-    parts += [f"- model {i}{' (newest, M_N)' if i == len(models) - 1 else ''}: `{m}`" for i, m in enumerate(models)]
+    labels = pool_labels(None, [str(m) for m in models], False)  # the names the weights tables use
+    parts += [f"- model {i}, `{label}`{' (newest, M_N)' if i == len(models) - 1 else ''}: `{m}`"
+              for i, (label, m) in enumerate(zip(labels, models, strict=True))]
     parts += [f"- samples of the new task: {len(samples) if samples else 0}", f"- engine: {engine}"]
     parts += [f"- output dtype: {dtype}"] if dtype is not None else []
     parts += ["", "## Options", ""]

@@ -8,6 +8,7 @@ first when it takes part, then the models oldest first, so weight vectors line u
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -23,10 +24,17 @@ def model_pool(base: T | None, tensors: list[T], include_base: bool) -> list[T]:
 
 
 def pool_labels(base: str | None, models: list[str], include_base: bool) -> list[str]:
-    """Labels of the pool members, in pool order: ``"base"``, then ``"model 0"``, ``"model 1"``, ...
-    (the last model is the newest, M_N)."""
-    return model_pool("base" if base is not None else None, [f"model {i}" for i in range(len(models))],
-                      include_base)
+    """Labels of the pool members, in pool order: ``"base"``, then each model's folder name (the last model is the
+    newest, M_N), as the Hub names the models of a merge. A name that would repeat (two folders of the same name,
+    or one called ``base``) gets its position: ``"name (model 2)"``."""
+    names = [PurePath(str(m)).name or str(m) for m in models]
+    taken = {"base"} if base is not None and include_base else set()
+    labels = []
+    for i, n in enumerate(names):
+        label = n if n not in taken and names.count(n) == 1 else f"{n} (model {i})"
+        taken.add(label)
+        labels.append(label)
+    return model_pool("base" if base is not None else None, labels, include_base)
 
 
 __all__ = ["model_pool", "pool_labels"]
