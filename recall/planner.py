@@ -24,7 +24,9 @@ from .profiles import Profile, get_profile
 
 @dataclass(frozen=True)
 class Rates:
-    train_s_per_token: float = 0.0043  # LoRA step, 2 threads (training.json: 4.35 s per 1k tokens)
+    # a training, per planned token (examples x epochs x (template + max_text_tokens)), loading and saving included:
+    # the pilot of 1edb3c6 (25 experts, 2 idle threads) spent 0.0030 s in the loop, its cold 01 run 0.0033 in all
+    train_s_per_token: float = 0.0033
     template_tokens: int = 60  # chat template, system prompt, instruction and label options of a training example
     # rank classification at max_text_tokens = 40, batch 32, calibrated (the cold cpu run of December 2026:
     # 1869 s for 22,800 examples in 03, 425 s for 6,280 in 04's first order; tasks with many labels cost more)
@@ -79,6 +81,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         rows.append((nb, unit, count, seconds))
 
     expert = _train_s(p, p.n_train, r)
+    _pilot(p, r, add)
     add("01_representations", "experts and the null expert (trainings)", (T + 1) * seeds, (T + 1) * expert * seeds)
     add("01_representations", "representation pass", seeds, seeds * (T + 2) * (32 * r.reps_s_per_text + r.load_s))
     add("01_representations", "model conversion and data (an empty cache only)", 1, r.assets_s)
@@ -129,7 +132,26 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         seeds * (1 + len(p.ablations)) * (_merge_s(p, "recall", T + 1, r) + _eval_s(p, T * p.n_test, r) + r.load_s))
     add("06_efficiency", "merge benchmark", 1, 40.0)
     out = pd.DataFrame(rows, columns=["notebook", "unit", "count", "seconds"])
-    return out if include_skipped else out[~out["notebook"].isin(set(p.skip))].reset_index(drop=True)
+    left_out = set(p.skip) | {"00_pilot"}  # the pilot runs only on request (recall.replicate.ON_REQUEST)
+    return out if include_skipped else out[~out["notebook"].isin(left_out)].reset_index(drop=True)
+
+
+def _pilot(p: Profile, r: Rates, add) -> None:
+    """The pilot's units (``recall.pilot``), every recipe counted: it stops at the first that meets the gate."""
+    from .pilot import RECIPES
+
+    T, U = len(p.tasks), len(p.unseen)
+    mine = {"n_train": p.n_train, "epochs": p.epochs, "lr": p.lr, "lora_r": p.lora_r, "lora_alpha": p.lora_alpha}
+    add("00_pilot", "model conversion and data (an empty cache only)", 1, r.assets_s)
+    add("00_pilot", "scoring rules: the profile's experts (trainings)", T, T * _train_s(p, p.n_train, r))
+    add("00_pilot", "scoring rules: base and experts (validation)", 1 + T,
+        _eval_s(p, 2 * (T + U) * p.n_val, r) + T * _eval_s(p, (1 + U) * p.n_val, r) + (1 + T) * r.load_s)
+    trained = [rc for rc in RECIPES if rc != mine]  # a recipe equal to the profile's reuses its experts
+    add("00_pilot", "recipes: expert trainings", T * len(trained),
+        T * sum(rc["n_train"] * rc["epochs"] * (r.template_tokens + p.max_text_tokens) * r.train_s_per_token
+                for rc in trained))
+    add("00_pilot", "recipes: base and experts (validation)", T * (1 + len(RECIPES)),
+        T * (1 + len(RECIPES)) * (_eval_s(p, p.n_val, r) + r.load_s))
 
 
 def per_notebook(p: Profile, notebooks=None, rates: Rates = RATES) -> pd.Series:
