@@ -15,6 +15,7 @@ its estimate.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
@@ -33,21 +34,24 @@ class Rates:
     # packed continuations of multi-token labels (a 4D mask instead of a copy of the cache per label): 0.91x
     eval_s_per_example: float = 0.0657
     # scoring under autocast (Profile.eval_autocast) relative to float32, on the cpu profile's seven tasks
-    # (the base model, 64 test examples each, 2 idle cores: 13.0 s against 33.0 s before packing, 30.1 s after)
-    eval_autocast_factor: tuple[tuple[str, float], ...] = (("bfloat16", 0.43),)
+    # (the base model, 64 test examples each, 2 idle cores: 13.0 s against 33.0 s before packing, 30.1 s after;
+    # refitted to the cold run of bc7911c, whose evaluations took 995 s against 1123 planned at 0.43)
+    eval_autocast_factor: tuple[tuple[str, float], ...] = (("bfloat16", 0.38),)
     assets_s: float = 150.0  # an empty cache: the GGUF model converted to safetensors, the data archives read
     load_s: float = 1.5  # loading a model folder
-    merge_s: float = 1.5  # a streaming merge: fixed part ...
-    merge_s_per_model: float = 0.6  # ... and per SmolLM2-135M checkpoint read
-    reps_s_per_text: float = 0.11  # RECALL's representation pass, per text per model
+    # merges: the cold run of bc7911c spent 298 s merging against 472 planned, so every merge rate below (and
+    # EXPENSIVE_MERGES) is the earlier one times 0.63
+    merge_s: float = 0.95  # a streaming merge: fixed part ...
+    merge_s_per_model: float = 0.38  # ... and per SmolLM2-135M checkpoint read
+    reps_s_per_text: float = 0.07  # RECALL's representation pass, per text per model
     fisher_s_per_example: float = 0.12  # EWC's Fisher diagonal
 
 
 RATES = Rates()
 # seconds per pool model over a plain merge (TIES' sign election, DARE's masks, LM-Cocktail's losses); TIES and
 # DARE as the streaming engine's benchmark measured them (results/benchmarks/merge_speed.csv: 6.7 s and 8.1 s
-# against 4.7 s for a linear merge of three checkpoints)
-EXPENSIVE_MERGES = {"ties": 0.7, "dare": 1.1, "magmax": 1.5, "lm_cocktail": 1.5}
+# against 4.7 s for a linear merge of three checkpoints), times 0.63 as the merge rates above
+EXPENSIVE_MERGES = {"ties": 0.44, "dare": 0.69, "magmax": 0.95, "lm_cocktail": 0.95}
 
 
 def _train_s(p: Profile, n_examples: int, r: Rates) -> float:
@@ -91,13 +95,17 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
     add("02_single_model", "evaluations", n_single, n_single * (_eval_s(p, (1 + U) * p.n_test, r) + r.load_s))
     tunable = [m for m in dict.fromkeys(knob_of(m) for m in p.multi_methods) if m and m != "ewc"] if p.tune else []
     grid = sum(len(GRIDS[m]) for m in tunable)
+    # RECALL's representations are memoized per process: its grid reads the models once
+    no_reps = dataclasses.replace(r, reps_s_per_text=0.0)
+    reps_once = sum((len(GRIDS[m]) - 1) * (_merge_s(p, m, T + 1, r) - _merge_s(p, m, T + 1, no_reps))
+                    for m in tunable if m.startswith("recall"))
     add("03_multi_model", "tuning on validation (merges and evaluations)", grid * seeds,
-        seeds * sum(len(GRIDS[m]) * (_merge_s(p, m, T + 1, r) + _eval_s(p, T * p.n_val, r) + r.load_s)
-                    for m in tunable))
+        seeds * (sum(len(GRIDS[m]) * (_merge_s(p, m, T + 1, r) + _eval_s(p, T * p.n_val, r) + r.load_s)
+                     for m in tunable) - reps_once))
     add("03_multi_model", "multi-task training", seeds if p.multitask else 0,
         seeds * _train_s(p, T * p.n_train, r) if p.multitask else 0.0)
-    add("03_multi_model", "merges", len(p.multi_methods) * seeds,
-        seeds * sum(_merge_s(p, m, T + 1, r) for m in p.multi_methods))
+    untuned = [m for m in p.multi_methods if knob_of(m) not in tunable]  # a tuned method's merge is a grid point
+    add("03_multi_model", "merges", len(untuned) * seeds, seeds * sum(_merge_s(p, m, T + 1, r) for m in untuned))
     n_models = 1 + len(p.multi_methods) + (1 if p.multitask else 0)
     add("03_multi_model", "evaluations", (n_models + T) * seeds,
         seeds * (n_models * (_eval_s(p, (T + U) * p.n_test, r) + r.load_s)
@@ -114,6 +122,8 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         per_point = _eval_s(p, 2 * p.n_val, r) + r.load_s
         per_point += expert if m == "ewc" else _merge_s(p, m, 2, r)
         tune_s += len(GRIDS[m]) * per_point
+        if m.startswith("recall"):  # memoized representations: the grid reads the two models once
+            tune_s -= (len(GRIDS[m]) - 1) * (_merge_s(p, m, 2, r) - _merge_s(p, m, 2, no_reps))
     if "ewc" in seq_tune:
         tune_s += (p.ewc_samples or p.n_train) * r.fisher_s_per_example
     add("04_sequential", "tuning on the first two steps (validation)", chains, chains * tune_s)
@@ -130,7 +140,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         chains * len(p.sequential_methods) * (_eval_s(p, scored * p.n_test, r) + L * r.load_s))
     add("05_ablations", "merges and evaluations", (1 + len(p.ablations)) * seeds,
         seeds * (1 + len(p.ablations)) * (_merge_s(p, "recall", T + 1, r) + _eval_s(p, T * p.n_test, r) + r.load_s))
-    add("06_efficiency", "merge benchmark", 1, 40.0)
+    add("06_efficiency", "merge benchmark", 1, 45.0)  # the cold run of bc7911c: 42-47 s
     out = pd.DataFrame(rows, columns=["notebook", "unit", "count", "seconds"])
     left_out = set(p.skip) | {"00_pilot"}  # the pilot runs only on request (recall.replicate.ON_REQUEST)
     return out if include_skipped else out[~out["notebook"].isin(left_out)].reset_index(drop=True)
