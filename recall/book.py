@@ -14,7 +14,7 @@ A file the profile did not produce gives "Not run in this profile." instead of a
 Directives (``results-*`` read ``<results root>/<profile>/``):
 
 - ``results-table NAME`` (options ``subdir``, ``query``, ``caption``, and ``recall.tables.View`` overrides
-  ``scale``, ``digits``, ``show``, ``index``, ``columns``, ``kind``): a table as ``recall.tables.view``
+  ``scale``, ``digits``, ``show``, ``index``, ``columns``, ``value``, ``kind``): a table as ``recall.tables.view``
   shows it, with its source file; ``query`` (pandas, python engine) replaces the view's row selection.
   A table of more than ``WIDE`` columns is set smaller (class ``wide-table``, ``book/_static/recall.css``).
 - ``results-figure NAME`` (options ``subdir``, ``alt``): a figure the notebook saved, at its drawn size,
@@ -211,6 +211,7 @@ def setup(app):
         option_spec = {"subdir": directives.unchanged, "query": directives.unchanged,
                        "caption": directives.unchanged, "scale": float, "digits": int, "show": directives.unchanged,
                        "index": directives.unchanged, "columns": directives.unchanged,
+                       "value": directives.unchanged,
                        "kind": lambda x: directives.choice(x, ("ci", "pivot", "matrix", "plain", "rows"))}
 
         def run(self):
@@ -225,7 +226,8 @@ def setup(app):
             if not path.is_file():
                 return self.render(f"{head}_{NOT_RUN}_ (`{name}.csv`)")
             spec = tables.spec_of(name)
-            kw = {k: self.options[k] for k in ("scale", "digits", "index", "columns", "kind") if k in self.options}
+            kw = {k: self.options[k] for k in ("scale", "digits", "index", "columns", "value", "kind")
+                  if k in self.options}
             if "show" in self.options:
                 kw["show"] = tuple(c.strip() for c in self.options["show"].split(","))
             df = tables.read(path, name)

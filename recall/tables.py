@@ -624,6 +624,11 @@ class View:
 
 _MEAN_ROWS = f'task == "{MEAN}"'
 VIEWS: dict[str, View] = {
+    # the pilot: macro-F1 (x100) per rule (rows) and task, one (model, casing) per query (the book's replaces the
+    # base's, lower case); experts' macro-F1 per recipe and task
+    "pilot_scoring": View(kind="pivot", index="scoring", columns="task", value="macro_f1",
+                          query='model == "base" and casing == "lower"'),
+    "pilot_training": View(kind="pivot", index="recipe", columns="task", value="expert_macro_f1"),
     "adjacent": View(kind="pivot", index="layer", columns="model", value="similarity", query='measure == "rbf"',
                      scale=1, digits=3),
     "interexpert_curve": View(index="layer", columns="measure", value="similarity", scale=1, digits=3,
