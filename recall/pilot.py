@@ -107,6 +107,14 @@ def unreachable(table: pd.DataFrame, scoring: str, casing: str = "lower") -> dic
     return out
 
 
+RECIPE_FIELDS = ("n_train", "epochs", "lr", "lora_r", "lora_alpha")  # the profile fields a recipe sets
+
+
+def profile_recipe(profile) -> dict:
+    """The recipe ``profile`` trains its experts with (``RECIPE_FIELDS``), comparable with ``RECIPES``."""
+    return {k: getattr(profile, k) for k in RECIPE_FIELDS}
+
+
 def recipe_name(recipe: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in recipe.items())
 
@@ -119,9 +127,9 @@ def training_pilot(run, recipes: list[dict], gate: float = GATE) -> tuple[pd.Dat
     base = {t: _macro_f1(run.evaluate(run.base, t, split="validation"), run.task(t).num_labels) for t in p.tasks}
     rows, losses = [], []
     for recipe in recipes:
-        unknown = sorted(set(recipe) - {"n_train", "epochs", "lr", "lora_r", "lora_alpha", "n_candidates"})
+        unknown = sorted(set(recipe) - {*RECIPE_FIELDS, "n_candidates"})
         if unknown:
-            raise ValueError(f"a pilot recipe may set n_train, epochs, lr, lora_r, lora_alpha; got {unknown}")
+            raise ValueError(f"a pilot recipe may set {', '.join(RECIPE_FIELDS)}; got {unknown}")
         sub = type(run)(dataclasses.replace(p, **recipe), seed=run.seed, progress=run.progress)
         name = recipe_name(recipe)
         for t in p.tasks:

@@ -63,12 +63,16 @@ def _eval_s(p: Profile, n_examples: int, r: Rates) -> float:
     return n_examples * r.eval_s_per_example * factor * (10 + p.max_text_tokens) / 50
 
 
+def _reps_s(p: Profile, method: str, pool: int, r: Rates) -> float:
+    """RECALL's representation pass within a merge (0 for other methods)."""
+    if not method.startswith("recall"):
+        return 0.0
+    anchors = pool - 1 if method == "recall_symmetric" else 1
+    return anchors * (p.n_candidates + p.recall_k * (pool - 1)) * r.reps_s_per_text
+
+
 def _merge_s(p: Profile, method: str, pool: int, r: Rates) -> float:
-    s = r.merge_s + pool * (r.merge_s_per_model + EXPENSIVE_MERGES.get(method, 0.0))
-    if method.startswith("recall"):
-        anchors = pool - 1 if method == "recall_symmetric" else 1
-        s += anchors * (p.n_candidates + p.recall_k * (pool - 1)) * r.reps_s_per_text
-    return s
+    return r.merge_s + pool * (r.merge_s_per_model + EXPENSIVE_MERGES.get(method, 0.0)) + _reps_s(p, method, pool, r)
 
 
 def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
@@ -96,9 +100,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
     tunable = [m for m in dict.fromkeys(knob_of(m) for m in p.multi_methods) if m and m != "ewc"] if p.tune else []
     grid = sum(len(GRIDS[m]) for m in tunable)
     # RECALL's representations are memoized per process: its grid reads the models once
-    no_reps = dataclasses.replace(r, reps_s_per_text=0.0)
-    reps_once = sum((len(GRIDS[m]) - 1) * (_merge_s(p, m, T + 1, r) - _merge_s(p, m, T + 1, no_reps))
-                    for m in tunable if m.startswith("recall"))
+    reps_once = sum((len(GRIDS[m]) - 1) * _reps_s(p, m, T + 1, r) for m in tunable)
     add("03_multi_model", "tuning on validation (merges and evaluations)", grid * seeds,
         seeds * (sum(len(GRIDS[m]) * (_merge_s(p, m, T + 1, r) + _eval_s(p, T * p.n_val, r) + r.load_s)
                      for m in tunable) - reps_once))
@@ -122,8 +124,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         per_point = _eval_s(p, 2 * p.n_val, r) + r.load_s
         per_point += expert if m == "ewc" else _merge_s(p, m, 2, r)
         tune_s += len(GRIDS[m]) * per_point
-        if m.startswith("recall"):  # memoized representations: the grid reads the two models once
-            tune_s -= (len(GRIDS[m]) - 1) * (_merge_s(p, m, 2, r) - _merge_s(p, m, 2, no_reps))
+        tune_s -= (len(GRIDS[m]) - 1) * _reps_s(p, m, 2, r)  # memoized: the grid reads the two models once
     if "ewc" in seq_tune:
         tune_s += (p.ewc_samples or p.n_train) * r.fisher_s_per_example
     add("04_sequential", "tuning on the first two steps (validation)", chains, chains * tune_s)
@@ -148,18 +149,16 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
 
 def _pilot(p: Profile, r: Rates, add) -> None:
     """The pilot's units (``recall.pilot``), every recipe counted: it stops at the first that meets the gate."""
-    from .pilot import RECIPES
+    from .pilot import RECIPES, profile_recipe
 
     T, U = len(p.tasks), len(p.unseen)
-    mine = {"n_train": p.n_train, "epochs": p.epochs, "lr": p.lr, "lora_r": p.lora_r, "lora_alpha": p.lora_alpha}
     add("00_pilot", "model conversion and data (an empty cache only)", 1, r.assets_s)
     add("00_pilot", "scoring rules: the profile's experts (trainings)", T, T * _train_s(p, p.n_train, r))
     add("00_pilot", "scoring rules: base and experts (validation)", 1 + T,
         _eval_s(p, 2 * (T + U) * p.n_val, r) + T * _eval_s(p, (1 + U) * p.n_val, r) + (1 + T) * r.load_s)
-    trained = [rc for rc in RECIPES if rc != mine]  # a recipe equal to the profile's reuses its experts
+    trained = [rc for rc in RECIPES if rc != profile_recipe(p)]  # the profile's recipe reuses its experts
     add("00_pilot", "recipes: expert trainings", T * len(trained),
-        T * sum(rc["n_train"] * rc["epochs"] * (r.template_tokens + p.max_text_tokens) * r.train_s_per_token
-                for rc in trained))
+        T * sum(_train_s(dataclasses.replace(p, epochs=rc["epochs"]), rc["n_train"], r) for rc in trained))
     add("00_pilot", "recipes: base and experts (validation)", T * (1 + len(RECIPES)),
         T * (1 + len(RECIPES)) * (_eval_s(p, p.n_val, r) + r.load_s))
 
