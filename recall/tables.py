@@ -76,12 +76,17 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("pilot_scoring", "00_pilot", "measured", ("model", "task", "casing", "scoring", "n", "accuracy", "macro_f1",
                                                    "balanced_accuracy", "labels_predicted", "labels", "predicted"),
          "every scoring rule and label casing on the validation split: base on every task, experts on theirs"),
-    Spec("pilot_training", "00_pilot", "measured", ("recipe", "task", "n_train", "epochs", "lr", "lora_r", "steps",
-                                                    "train_tokens", "train_s", "last_loss", "base_macro_f1",
-                                                    "expert_macro_f1", "gain", "gate_met", "chosen"),
-         "each training recipe tried (cheapest first): expert vs base macro-F1 on validation and the quality gate"),
+    Spec("pilot_training", "00_pilot", "measured", ("recipe", "task", "casing", "scoring", "n_train", "epochs", "lr",
+                                                    "lora_r", "steps", "train_tokens", "train_s", "last_loss",
+                                                    "base_macro_f1", "expert_macro_f1", "gain", "gate_met",
+                                                    "predicted", "chosen"),
+         "each training recipe tried (cheapest first), per scoring rule: expert vs base macro-F1 on validation, the "
+         "quality gate and the labels the expert predicts"),
     Spec("pilot_losses", "00_pilot", "measured", ("recipe", "task", "step", "loss"),
          "training loss of every pilot expert per optimizer step"),
+    Spec("pilot_choice", "00_pilot", "derived", ("recipe", "scoring", "casing", "gate_met", "smallest_gain",
+                                                 "unreachable"),
+         "what the pilot chose, whether the gate is met, and the labels no model predicts on validation"),
     # 01 representations
     Spec("adjacent", _N1, "measured", ("model", "layer", "measure", "similarity"),
          "similarity of hidden states l-1 and l within each model, per measure"),
@@ -549,7 +554,14 @@ def _claims_tables(t: Source, p: Params) -> dict[str, pd.DataFrame]:
 
 
 # notebook -> function of its folder's tables (read from the files) and the params -> {name: derived table}
+def _pilot_tables(t: Source, p: Params) -> dict[str, pd.DataFrame]:
+    from .pilot import choice
+
+    return {"pilot_choice": choice(t["pilot_scoring"], t["pilot_training"])}
+
+
 DERIVATIONS: dict[str, Callable[[Source, Params], dict[str, pd.DataFrame]]] = {
+    "00_pilot": _pilot_tables,
     _N1: _representation_tables,
     _N2: lambda t, p: single_model_tables(t["single_examples"], p),
     _N3: lambda t, p: multi_model_tables(t["multi_examples"], p),
@@ -610,7 +622,7 @@ class View:
     "rows" keeps the rows and shows the columns ``show``, the interval columns as one "estimate [low, high]"."""
 
     kind: str = "ci"
-    index: str = "method"
+    index: str | tuple[str, ...] = "method"
     columns: str = "task"
     value: str = "estimate"
     query: str | None = None
@@ -625,10 +637,11 @@ class View:
 _MEAN_ROWS = f'task == "{MEAN}"'
 VIEWS: dict[str, View] = {
     # the pilot: macro-F1 (x100) per rule (rows) and task, one (model, casing) per query (the book's replaces the
-    # base's, lower case); experts' macro-F1 per recipe and task
+    # base's, lower case); experts' macro-F1 per recipe, rule and task
     "pilot_scoring": View(kind="pivot", index="scoring", columns="task", value="macro_f1",
                           query='model == "base" and casing == "lower"'),
-    "pilot_training": View(kind="pivot", index="recipe", columns="task", value="expert_macro_f1"),
+    "pilot_training": View(kind="pivot", index=("recipe", "scoring"), columns="task", value="expert_macro_f1",
+                           index_name="recipe · scoring"),
     "adjacent": View(kind="pivot", index="layer", columns="model", value="similarity", query='measure == "rbf"',
                      scale=1, digits=3),
     "interexpert_curve": View(index="layer", columns="measure", value="similarity", scale=1, digits=3,
@@ -668,9 +681,14 @@ def view(name: str, df: pd.DataFrame, **overrides) -> pd.DataFrame:
     if v.kind == "ci":
         out = ci_view(df, v.index, v.columns, v.scale, v.digits, v.value)
     elif v.kind == "pivot":
-        out = df.pivot(index=v.index, columns=v.columns, values=v.value).reindex(
-            index=list(pd.unique(df[v.index])), columns=list(pd.unique(df[v.columns])))
+        keys = list(v.index) if isinstance(v.index, tuple) else [v.index]
+        rows = list(df[keys].drop_duplicates().itertuples(index=False, name=None))
+        out = df.pivot(index=keys, columns=v.columns, values=v.value)
+        out = out.reindex(index=pd.MultiIndex.from_tuples(rows) if len(keys) > 1 else [r[0] for r in rows],
+                          columns=list(pd.unique(df[v.columns])))
         out = out.map(lambda x: _num(x, v.scale, v.digits) or "n/a")
+        if len(keys) > 1:  # one index of "a · b" labels
+            out.index = [" · ".join(str(x) for x in r) for r in rows]
     elif v.kind == "matrix":
         out = df.map(lambda x: _num(x, v.scale, v.digits) or "")
     elif v.kind == "rows":
