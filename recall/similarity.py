@@ -54,11 +54,17 @@ def _check_pair(x, y, paired: bool) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _gram(z: np.ndarray) -> np.ndarray:
+    """``z @ z.T`` without BLAS (numpy's own einsum loop): a BLAS product's rounding depends on the kernel the
+    process picks (``OPENBLAS_CORETYPE``), which made the representation tables differ between a shell and tox."""
+    return np.einsum("ik,jk->ij", z, z, optimize=False)
+
+
 def _sq_dists(z: np.ndarray) -> np.ndarray:
     """Pairwise squared Euclidean distances (Gram trick on centered rows: equal rows give ~0)."""
     z = z - z.mean(axis=0, keepdims=True)
     sq = (z * z).sum(axis=1)
-    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * _gram(z), 0.0)
 
 
 def _median_heuristic(d: np.ndarray, eps: float) -> float:
@@ -109,7 +115,7 @@ def cka_linear(x, y, eps: float = EPS) -> float:
     x, y = _check_pair(x, y, paired=False)
     xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
     const = [np.abs(c).max() <= eps * np.abs(v).max() for c, v in ((xc, x), (yc, y))]
-    return _cka(xc @ xc.T, yc @ yc.T, *const)
+    return _cka(_gram(xc), _gram(yc), *const)
 
 
 def cka_rbf(x, y, eps: float = EPS) -> float:

@@ -234,3 +234,23 @@ def test_models_bandwidth_matches_reference_and_spreads_similarities():
 def test_bandwidth_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(_stacks())
+
+
+def test_similarities_do_not_depend_on_the_blas_kernel():
+    """The same bits whatever OpenBLAS kernel a process picks: with BLAS products the representation tables of
+    notebook 01 differed in their last digits between a shell and tox (different OPENBLAS_CORETYPE)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np; from recall.similarity import similarity_matrix, sample_spread; "
+            "rng = np.random.default_rng(0); b = rng.normal(size=(3, 32, 576)).astype(np.float32); "
+            "reps = [b + rng.normal(size=b.shape).astype(np.float32) * 0.1 * (i + 1) for i in range(3)]; "
+            "out = [similarity_matrix(reps, m).ravel() for m in ('rbf', 'cka_linear', 'cka_rbf')]; "
+            "print(hashlib.sha256(np.concatenate(out + [sample_spread(reps[0])]).tobytes()).hexdigest())")
+    out = set()
+    for coretype in ("Prescott", "Sandybridge", "Haswell"):
+        env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+        out.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                               check=True).stdout)
+    assert len(out) == 1, out
