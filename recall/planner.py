@@ -148,19 +148,23 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
 
 
 def _pilot(p: Profile, r: Rates, add) -> None:
-    """The pilot's units (``recall.pilot``), every recipe counted: it stops at the first that meets the gate."""
+    """The pilot's units (``recall.pilot``). It stops at the first recipe that meets the gate: the recipes up to the
+    profile's own are counted when the profile holds one of them (the one a pilot chose), else every recipe."""
     from .pilot import RECIPES, profile_recipe
+
+    mine = profile_recipe(p)
+    recipes = RECIPES[:RECIPES.index(mine) + 1] if mine in RECIPES else RECIPES
 
     T, U = len(p.tasks), len(p.unseen)
     add("00_pilot", "model conversion and data (an empty cache only)", 1, r.assets_s)
     add("00_pilot", "scoring rules: the profile's experts (trainings)", T, T * _train_s(p, p.n_train, r))
     add("00_pilot", "scoring rules: base and experts (validation)", 1 + T,
         _eval_s(p, 2 * (T + U) * p.n_val, r) + T * _eval_s(p, (1 + U) * p.n_val, r) + (1 + T) * r.load_s)
-    trained = [rc for rc in RECIPES if rc != profile_recipe(p)]  # the profile's recipe reuses its experts
+    trained = [rc for rc in recipes if rc != mine]  # the profile's recipe reuses its experts
     add("00_pilot", "recipes: expert trainings", T * len(trained),
         T * sum(_train_s(dataclasses.replace(p, epochs=rc["epochs"]), rc["n_train"], r) for rc in trained))
-    add("00_pilot", "recipes: base and experts (validation)", T * (1 + len(RECIPES)),
-        T * (1 + len(RECIPES)) * (_eval_s(p, p.n_val, r) + r.load_s))
+    add("00_pilot", "recipes: base and experts (validation)", T * (1 + len(recipes)),
+        T * (1 + len(recipes)) * (_eval_s(p, p.n_val, r) + r.load_s))
 
 
 def per_notebook(p: Profile, notebooks=None, rates: Rates = RATES) -> pd.Series:

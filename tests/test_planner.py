@@ -63,13 +63,15 @@ def test_more_test_examples_cost_more_and_reports_select_notebooks():
     assert "03_multi_model" in text and "04_sequential" not in text and "total" in text
 
 
-def test_the_pilot_is_planned_only_when_named_and_trains_each_recipe_once():
+def test_the_pilot_is_planned_only_when_named_and_trains_each_recipe_once_up_to_the_profiles():
     from recall.pilot import RECIPES, profile_recipe
 
     p = get_profile("cpu")
     assert "00_pilot" not in set(estimate(p)["notebook"])
     est = estimate(p, include_skipped=True)
-    T = len(p.tasks)
-    assert profile_recipe(p) in RECIPES  # a pilot recipe, whose experts the scoring pilot trains once
-    assert _row(est, "00_pilot", "recipes: expert trainings")["count"] == T * (len(RECIPES) - 1)
+    T, i = len(p.tasks), RECIPES.index(profile_recipe(p))  # a pilot recipe: the scoring pilot trains it once
+    assert _row(est, "00_pilot", "recipes: expert trainings")["count"] == T * i  # it stops at the profile's
+    other = dataclasses.replace(p, lr=5e-4)  # no pilot recipe: every recipe is counted
+    assert _row(estimate(other, include_skipped=True), "00_pilot", "recipes: expert trainings")["count"] == \
+        T * len(RECIPES)
     assert list(per_notebook(p, ["00_pilot"]).index) == ["00_pilot"]
