@@ -33,3 +33,76 @@ def measure(cmd: list, logfile: str | os.PathLike, env: dict | None = None) -> d
         tail = Path(logfile).read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {res['rc']}:\n{tail}")
     return res
+
+
+def probe(n: int = 1024, runs: int = 7, copy_mib: int = 256) -> dict:
+    """A reading of this machine's speed in about two seconds, recorded in provenance beside each notebook's wall
+    time (``recall.planner.calibrated`` moves its rates by it), with the process's torch threads:
+
+    - ``float32_gflops``: an n x n x n ``torch.mm`` in float32 (training, float32 scoring, the representation
+      pass);
+    - ``autocast_speedup``: how many times faster one SmolLM2-135M decoder block (random weights, 4 sequences of
+      64 tokens: attention and MLP) runs forward under bfloat16 autocast than in float32 (scoring under
+      ``eval_autocast``; below 1 on a CPU without native bfloat16, where oneDNN emulates it);
+    - ``copy_gbps``: a ``copy_mib`` MiB tensor copy, read and write (merges stream checkpoints through memory).
+
+    The fastest of ``runs`` after three warm-up runs."""
+    import time
+
+    import torch
+
+    def best_s(fn, n_runs: int = runs, warm: bool = True) -> float:
+        for _ in range(3 if warm else 0):  # the thread pool wakes up
+            fn()
+        times = []
+        for _ in range(n_runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)  # noise from other work only slows a run down
+
+    a = torch.randn(n, n)
+    out = {"threads": torch.get_num_threads(),
+           "float32_gflops": round(2 * n**3 / best_s(lambda: torch.mm(a, a)) / 1e9, 1)}
+    block = _smollm2_block()
+
+    def autocast_block():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            block()
+
+    with torch.inference_mode():  # interleaved, so that a slow spell of the machine hits both alike
+        for _ in range(2):
+            block(), autocast_block()
+        pairs = [(best_s(block, 1, warm=False), best_s(autocast_block, 1, warm=False)) for _ in range(runs)]
+        out["autocast_speedup"] = round(min(p[0] for p in pairs) / min(p[1] for p in pairs), 3)
+    src = torch.empty(copy_mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    out["copy_gbps"] = round(2 * src.numel() * 4 / best_s(lambda: dst.copy_(src)) / 1e9, 2)
+    return out
+
+
+def _smollm2_block(batch: int = 4, tokens: int = 64):
+    """A forward pass of one decoder block with SmolLM2-135M's shapes (hidden 576, MLP 1536, 9 query and 3
+    key-value heads), random weights: the unit of work of scoring, for ``probe``."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    h, inter, heads, kv = 576, 1536, 9, 3
+    shapes = {"q": (h, h), "k": (h // heads * kv, h), "v": (h // heads * kv, h), "o": (h, h), "gate": (inter, h),
+              "up": (inter, h), "down": (h, inter)}
+    w = {k: torch.randn(o, i, generator=g) * i ** -0.5 for k, (o, i) in shapes.items()}
+    x = torch.randn(batch, tokens, h, generator=g)
+
+    def heads_of(t, n):
+        return t.view(batch, tokens, n, -1).transpose(1, 2).repeat_interleave(heads // n, 1)
+
+    def forward():
+        a = F.rms_norm(x, (h,))
+        att = F.scaled_dot_product_attention(heads_of(F.linear(a, w["q"]), heads), heads_of(F.linear(a, w["k"]), kv),
+                                             heads_of(F.linear(a, w["v"]), kv), is_causal=True)
+        y = x + F.linear(att.transpose(1, 2).reshape(batch, tokens, h), w["o"])
+        a = F.rms_norm(y, (h,))
+        return y + F.linear(F.silu(F.linear(a, w["gate"])) * F.linear(a, w["up"]), w["down"])
+
+    return forward

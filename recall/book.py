@@ -93,7 +93,11 @@ def provenance_lines(entry: dict, profile: str) -> list[str]:
             f"bootstrap replicates: {prof.get('n_boot', '?')}",
             f"- git commit: `{entry.get('git_commit', 'unknown')}`",
             f"- device: {entry.get('device', 'unknown')}",
-            f"- wall time of the notebook: {wall_s}; finished {entry.get('finished', '?')}",
+            f"- wall time of the notebook: {wall_s}; finished {entry.get('finished', '?')}" + (
+                f"; the planner's estimate for a cold run: {entry['planned_cold_s'] / 60:.1f} min"
+                if isinstance(entry.get("planned_cold_s"), (int, float)) else ""),
+            *(["- the machine's reading (`recall.bench.probe`): " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in entry["machine"].items())] if entry.get("machine") else []),
             f"- parameters: {params or 'defaults'}"] + (
         [f"- derived tables recomputed from the measured ones at commit `{entry['derived']['git_commit']}` "
          f"({entry['derived']['finished']}; `python -m recall.results`)"] if entry.get("derived") else []) + (

@@ -433,10 +433,10 @@ def sequential(run: Run, task_order: tuple[str, ...] | None = None,
             state["current"] = merged
             return merged
 
-        t0 = time.time()
+        t0, merging = time.time(), run.timings.get("merging", 0.0)
         steps = sequential_finetune(run.base, order, samples, cfg, root, ewc=ewc, after_task=after,
                                     progress=run.progress, reuse=run.trained)
-        run._timed("training", t0)
+        run._timed("training", t0 + run.timings.get("merging", 0.0) - merging)  # the merges in after() are merging
         for i, model in enumerate(steps, 1):
             # the tasks learned so far and the next one (what AP, BWT, FWT and forgetting read), at the end all
             tasks = order[: i + 1] + (tuple(p.unseen) if i == len(order) else ())
@@ -550,23 +550,23 @@ def c1_replicates(experts: list, null_pair: tuple, measures, n_boot: int, seed: 
     """The ``c1_replicates`` table: ``recall.tables.c1_statistics`` in ``n_boot`` replicates, each resampling
     the probe samples (with replacement, the same draw for every model) and the experts (with replacement; the
     cross-task curve averages the pairs of distinct drawn experts). ``experts``: (L+1, N, H) arrays, one per
-    task; ``null_pair``: the two same-task experts."""
-    from .similarity import layer_similarity
+    task; ``null_pair``: the two same-task experts. Each layer's Gram matrices are computed once
+    (``recall.similarity.ResampledPairs``): a replicate only indexes them."""
+    from .similarity import ResampledPairs
     from .tables import c1_statistics
 
+    pairs = ResampledPairs(list(experts) + list(null_pair))
     rng = np.random.default_rng([int(seed), 1])
-    n, m = experts[0].shape[1], len(experts)
+    n, m = pairs.n, len(experts)
     rows = []
     for r in range(n_boot):
         idx = rng.integers(0, n, size=n)
         drawn = sorted(set(rng.integers(0, m, size=m).tolist()))
         while len(drawn) < 2:  # one expert drawn m times has no pair: draw again
             drawn = sorted(set(rng.integers(0, m, size=m).tolist()))
-        sub = {i: experts[i][:, idx] for i in drawn}
-        a, b = null_pair[0][:, idx], null_pair[1][:, idx]
         for measure in measures:
-            cross = np.mean([layer_similarity(sub[i], sub[j], measure) for i in drawn for j in drawn if i < j], axis=0)
-            null = layer_similarity(a, b, measure)
+            cross = np.mean([pairs.similarity(i, j, idx, measure) for i in drawn for j in drawn if i < j], axis=0)
+            null = pairs.similarity(m, m + 1, idx, measure)
             rows += [{"replicate": r, "measure": measure, "statistic": k, "value": v}
                      for k, v in c1_statistics(cross, null).items()]
     return pd.DataFrame(rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots, progress, tables
+from . import bench, plots, progress, tables
 from .experiments import Run
 from .profiles import check_task_order, get_profile
 from .results import Results, subdir_for
@@ -69,6 +69,7 @@ class Notebook:
         self.params = {"profile": profile, "seed": seed, **params}
         talk = progress.install()  # under recall.replicate: bars become progress lines, not notebook output
         self.run = (TalkingRun if talk else Run)(self.profile, seed=seed, progress=talk)
+        self.machine = bench.probe()  # the speed the planner's estimate of this notebook is calibrated to
         self.res = Results(profile, name, subdir=subdir_for(seed, self.task_order, self.profile.task_order))
         self.table_params = tables.Params.of(self.profile, seed, **params)
         self.tables: dict[str, pd.DataFrame] = {}
@@ -104,12 +105,15 @@ class Notebook:
 
         from IPython.display import Markdown, display
 
-        from .planner import per_notebook
+        from .planner import RATES, calibrated, per_notebook, per_phase
 
+        rates = calibrated(RATES, self.machine)
         one = dataclasses.replace(self.profile, seeds=(self.params["seed"],), extra_orders=())  # this run's chain
-        planned = per_notebook(one, [self.name])
+        planned = per_notebook(one, [self.name], rates)
         self.res.provenance(self.profile, self.params, self.run.timings,
-                            planned_s=float(planned.iloc[0]) if len(planned) else None)
+                            planned_s=float(planned.iloc[0]) if len(planned) else None,
+                            planned_phases_s=per_phase(one, self.name, rates) if len(planned) else None,
+                            machine=self.machine)
         display(Markdown(f"Wrote {len(set(self.res.files))} files to `{self.res.dir}`; step timings (s): "
                          f"{self.run.timings}"))
 

@@ -201,8 +201,9 @@ PROFILES: dict[str, Profile] = {
         # what serves no claim or does not fit (the profiles page lists it): the single-model scenario,
         # recall_history in the sequential chains, and the readings' ablations but the literal one; chains learn
         # the first three tasks of order 1 and of its reverse. EWC, multi-task training and the recall_symmetric
-        # control, dropped while experts took 48 steps, are back (planned 54 minutes). Scoring under bfloat16 autocast (2.3x faster on 2 cores with AVX512-BF16; training and
-        # RECALL's representation pass stay float32)
+        # control, dropped while experts took 48 steps, are back (planned 54 minutes). Scoring under bfloat16
+        # autocast (2.3x faster on 2 cores with AVX512-BF16, 4.9x slower on a CPU without native bfloat16;
+        # training and RECALL's representation pass stay float32)
         name="cpu", n_train=64, n_val=60, n_test=200, max_text_tokens=40, recall_k=16, n_candidates=64,
         epochs=2, lr=1e-3, lora_r=8, lora_alpha=16.0, scoring="mean", label_casing="title",
         eval_autocast="bfloat16",

@@ -180,12 +180,13 @@ def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds:
 def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one_order: bool = False) -> str:
     """The budget plan (``recall.planner``) of the notebooks ``stems``, for ``seeds`` (default the profile's) and,
     with ``one_order``, the given task order only."""
+    from .bench import probe
     from .planner import report
 
     changes = {"seeds": tuple(seeds)} if seeds is not None else {}
     if one_order:
         changes["extra_orders"] = ()
-    return report(dataclasses.replace(profile, **changes), stems)
+    return report(dataclasses.replace(profile, **changes), stems, machine=probe())
 
 
 class _Tail(threading.Thread):

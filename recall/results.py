@@ -156,9 +156,11 @@ class Results:
         return self._record(atomic_write_bytes(self.dir / f"{name}.png", png_bytes(fig)))
 
     def provenance(self, profile, params: dict | None = None, timings: dict | None = None,
-                   planned_s: float | None = None) -> Path:
+                   planned_s: float | None = None, planned_phases_s: dict | None = None,
+                   machine: dict | None = None) -> Path:
         """Record this notebook's run in ``results/<profile>/provenance.json`` (one entry per notebook), with the
-        planner's estimate of its cold wall time (``planned_s``) beside the measured one."""
+        planner's estimate of its cold wall time (``planned_s``, and per phase: ``planned_phases_s``, beside the
+        measured ``step_timings_s``) and a reading of the machine's speed (``machine``, ``recall.bench.probe``)."""
         path = self.profile_dir / "provenance.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         key = self.notebook + (f"/{self.dir.name}" if self.dir != self.profile_dir else "")
@@ -169,12 +171,14 @@ class Results:
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_time_s": round(time.time() - self.t0, 1),
             "planned_cold_s": None if planned_s is None else round(float(planned_s), 1),
+            "planned_phases_s": {k: round(float(v), 1) for k, v in (planned_phases_s or {}).items()},
             "profile": profile.to_dict() if hasattr(profile, "to_dict") else profile,
             "parameters": params or {},
             "device": device_description(getattr(profile, "device", "cpu")),
             "blas": blas_description(),
             "libraries": library_versions(),
             "step_timings_s": timings or {},
+            "machine": machine or {},
             "files": sorted(set(self.files)),
         }
         return atomic_write_json(path, data)

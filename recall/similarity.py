@@ -296,3 +296,67 @@ def adjacent_layer_similarity(reps, measure: str | Measure = "rbf", **kw) -> np.
     fn = get_similarity(measure)
     r = _stack(reps)
     return np.array([fn(r[l], r[l + 1], **kw) for l in range(r.shape[0] - 1)], dtype=np.float64)
+
+
+class ResampledPairs:
+    """Similarities of several models' representations of the same N samples, layer by layer, on resamples of
+    the samples (bootstrap replicates): each layer's Gram matrix of all the models' representations is computed
+    once (numpy's einsum loop, as :func:`_gram`), so that a replicate costs indexing and a median instead of new
+    products. ``similarity(a, b, idx, measure)`` equals ``layer_similarity(reps[a][:, idx], reps[b][:, idx],
+    measure)`` to rounding (float64), for ``"rbf"`` (median-heuristic bandwidth) and ``"cka_linear"``."""
+
+    MEASURES = ("rbf", "cka_linear")
+
+    def __init__(self, reps: Sequence, eps: float = EPS):
+        stacks = [_stack(r) for r in reps]
+        if not stacks or any(s.shape != stacks[0].shape for s in stacks):
+            raise ValueError(f"representations of the same layers and samples needed, got shapes "
+                             f"{[s.shape for s in stacks]}")
+        self.n, self.m, self.eps = stacks[0].shape[1], len(stacks), eps
+        self._stacks = stacks
+        z = np.concatenate(stacks, axis=1)  # (L+1, M N, H)
+        z = z - z.mean(axis=1, keepdims=True)  # distances and centered Grams do not change; rounding shrinks
+        self._g = np.einsum("lik,ljk->lij", z, z, optimize=False)  # (L+1, M N, M N)
+        self._sq = np.einsum("lii->li", self._g)  # squared norms of the centered rows
+        self._paired: dict[tuple[int, int], np.ndarray] = {}
+
+    def _rows(self, a: int, idx: np.ndarray) -> np.ndarray:
+        return a * self.n + np.asarray(idx)
+
+    def _block(self, a: int, b: int, idx: np.ndarray) -> np.ndarray:
+        ra, rb = self._rows(a, idx), self._rows(b, idx)
+        return self._g[:, ra[:, None], rb[None, :]]
+
+    def paired_sq_distance(self, a: int, b: int) -> np.ndarray:
+        """(L+1, N): ||r_a[l, n] - r_b[l, n]||^2, by direct differences (as ``rbf_similarity``)."""
+        key = (min(a, b), max(a, b))
+        if key not in self._paired:
+            self._paired[key] = ((self._stacks[a] - self._stacks[b]) ** 2).sum(axis=2)
+        return self._paired[key]
+
+    def similarity(self, a: int, b: int, idx, measure: str = "rbf") -> np.ndarray:
+        """(L+1,): models ``a`` and ``b`` compared on the samples ``idx`` (repeats allowed)."""
+        idx = np.asarray(idx)
+        if measure == "rbf":
+            rows = np.concatenate([self._rows(a, idx), self._rows(b, idx)])
+            sq = self._sq[:, rows]
+            d = np.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * self._g[:, rows[:, None], rows[None, :]], 0.0)
+            iu = np.triu_indices(len(rows), k=1)
+            pairs = d[:, iu[0], iu[1]]
+            sigma2 = np.median(pairs, axis=1)
+            for l in np.flatnonzero(sigma2 <= self.eps):  # the median heuristic's fallback (rare)
+                sigma2[l] = _median_heuristic(pairs[l], self.eps)
+            paired = self.paired_sq_distance(a, b)[:, idx]
+            return np.clip(np.exp(-paired / (2.0 * sigma2[:, None])).mean(axis=1), 0.0, 1.0)
+        if measure == "cka_linear":
+            kc, lc = _centered_stack(self._block(a, a, idx)), _centered_stack(self._block(b, b, idx))
+            scale = [np.einsum("lii->l", self._block(c, c, idx)).max() for c in (a, b)]
+            return np.array([_cka(kc[l], lc[l], *(np.trace(k[l]) <= self.eps ** 2 * max(s, self.eps)
+                                                   for k, s in ((kc, scale[0]), (lc, scale[1]))))
+                             for l in range(kc.shape[0])])
+        raise ValueError(f"ResampledPairs computes {' and '.join(self.MEASURES)}, not {measure!r}")
+
+
+def _centered_stack(k: np.ndarray) -> np.ndarray:
+    """:func:`_centered` of every matrix of a (L, n, n) stack."""
+    return k - k.mean(axis=1, keepdims=True) - k.mean(axis=2, keepdims=True) + k.mean(axis=(1, 2), keepdims=True)

@@ -23,13 +23,13 @@ def test_counts_follow_the_profile():
     assert _row(est, "01_representations", "experts")["count"] == T + 1
     # multi-task training reads every task's training split, each epoch
     assert _row(est, "03_multi_model", "multi-task")["seconds"] == pytest.approx(_train_s(p, T * p.n_train, RATES))
-    assert _row(est, "03_multi_model", "tuning")["count"] == sum(
+    assert _row(est, "03_multi_model", "tuning on validation: merges")["count"] == sum(
         len(GRIDS[m]) for m in ("recall", "task_arithmetic", "ties", "dare", "magmax", "lm_cocktail"))
     # every chain trains steps 2..T (step 1 is the first task's expert); sft's and ewc's step 2 come from tuning
     assert _row(est, "04_sequential", "chain trainings")["count"] == 4 * (T - 1) - 2
     untuned = estimate(dataclasses.replace(p, tune=False, n_val=0))
     assert _row(untuned, "04_sequential", "chain trainings")["count"] == 4 * (T - 1)
-    assert _row(untuned, "03_multi_model", "tuning")["seconds"] == 0
+    assert _row(untuned, "03_multi_model", "tuning on validation: evaluations")["seconds"] == 0
     two = estimate(dataclasses.replace(p, extra_orders=(tuple(reversed(p.task_order)),)))
     assert _row(two, "04_sequential", "chain evaluations")["seconds"] == pytest.approx(
         2 * _row(est, "04_sequential", "chain evaluations")["seconds"])
@@ -75,3 +75,49 @@ def test_the_pilot_is_planned_only_when_named_and_trains_each_recipe_once_up_to_
     assert _row(estimate(other, include_skipped=True), "00_pilot", "recipes: expert trainings")["count"] == \
         T * len(RECIPES)
     assert list(per_notebook(p, ["00_pilot"]).index) == ["00_pilot"]
+
+
+def test_phases_sum_to_the_notebooks_and_name_what_provenance_times():
+    from recall.planner import PHASES, per_phase
+
+    p = get_profile("cpu")
+    est = estimate(p, include_skipped=True)
+    assert set(est["phase"]) <= set(PHASES)
+    for nb, seconds in per_notebook(p).items():
+        assert sum(per_phase(p, nb).values()) == pytest.approx(seconds)
+    assert per_phase(p, "03_multi_model")["merging"] > 0 and per_phase(p, "06_efficiency")["training"] == 0
+
+
+def test_calibration_scales_each_phase_by_its_reading_of_the_machine():
+    from recall.planner import calibrated, per_phase
+
+    p = get_profile("cpu")
+    ref = dataclasses.replace(RATES, reference=(("float32_gflops", 100.0), ("autocast_speedup", 2.0),
+                                                ("copy_gbps", 10.0)))
+    assert calibrated(ref, None) is ref and calibrated(ref, {"threads": 2}) is ref
+    half = calibrated(ref, {"float32_gflops": 50.0})  # the other speeds unread: taken as equal
+    assert half.train_s_per_token == pytest.approx(2 * ref.train_s_per_token) and half.merge_scale == 1.0
+    same = calibrated(ref, {"float32_gflops": 100.0, "autocast_speedup": 2.0, "copy_gbps": 10.0})
+    assert per_notebook(p, rates=same).to_dict() == pytest.approx(per_notebook(p, rates=ref).to_dict())
+    # half the float32 speed, bfloat16 autocast 4 times slower than float32 (no native bfloat16), same memory
+    slow = calibrated(ref, {"float32_gflops": 50.0, "autocast_speedup": 0.25, "copy_gbps": 10.0})
+    a, b = per_phase(p, "04_sequential", ref), per_phase(p, "04_sequential", slow)
+    assert b["training"] == pytest.approx(2 * a["training"])
+    assert b["evaluation"] > 10 * a["evaluation"]  # 2 x 8: the cpu profile scores under autocast
+    fp32 = dataclasses.replace(p, eval_autocast=None)
+    assert per_phase(fp32, "04_sequential", slow)["evaluation"] < 2.5 * per_phase(fp32, "04_sequential", ref)[
+        "evaluation"]
+    assert per_phase(p, "06_efficiency", slow)["other"] == pytest.approx(per_phase(p, "06_efficiency", ref)["other"])
+    # an unread reference speedup is the one its scoring showed (1 / the factor)
+    unread = calibrated(RATES, {"autocast_speedup": 0.25})
+    assert dict(unread.eval_autocast_factor)["bfloat16"] == pytest.approx(4.0)
+
+
+def test_the_probe_reads_the_speeds_the_calibration_uses():
+    from recall.bench import probe
+    from recall.planner import calibrated
+
+    reading = probe(n=128, runs=1, copy_mib=4)
+    assert {"threads", "float32_gflops", "autocast_speedup", "copy_gbps"} <= set(reading)
+    assert all(reading[k] > 0 for k in ("float32_gflops", "autocast_speedup", "copy_gbps"))
+    assert calibrated(RATES, reading).train_s_per_token > 0

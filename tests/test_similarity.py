@@ -8,6 +8,7 @@ import torch
 
 from recall.similarity import (
     SIMILARITIES,
+    ResampledPairs,
     adjacent_layer_similarity,
     combo_similarity,
     get_similarity,
@@ -243,10 +244,12 @@ def test_similarities_do_not_depend_on_the_blas_kernel():
     import subprocess
     import sys
 
-    code = ("import hashlib, numpy as np; from recall.similarity import similarity_matrix, sample_spread; "
-            "rng = np.random.default_rng(0); b = rng.normal(size=(3, 32, 576)).astype(np.float32); "
+    code = ("import hashlib, numpy as np; from recall.similarity import similarity_matrix, sample_spread, "
+            "ResampledPairs; rng = np.random.default_rng(0); b = rng.normal(size=(3, 32, 576)).astype(np.float32); "
             "reps = [b + rng.normal(size=b.shape).astype(np.float32) * 0.1 * (i + 1) for i in range(3)]; "
             "out = [similarity_matrix(reps, m).ravel() for m in ('rbf', 'cka_linear', 'cka_rbf')]; "
+            "idx = rng.integers(0, 32, size=32); rp = ResampledPairs(reps); "
+            "out += [rp.similarity(0, 2, idx, m) for m in ('rbf', 'cka_linear')]; "
             "print(hashlib.sha256(np.concatenate(out + [sample_spread(reps[0])]).tobytes()).hexdigest())")
     out = set()
     for coretype in ("Prescott", "Sandybridge", "Haswell"):
@@ -254,3 +257,24 @@ def test_similarities_do_not_depend_on_the_blas_kernel():
         out.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                check=True).stdout)
     assert len(out) == 1, out
+
+
+def test_resampled_pairs_equal_the_direct_measures():
+    """C1's bootstrap computes each layer's Gram matrices once and indexes them: the same similarities (to
+    rounding) as the measures on the resampled arrays, repeats and an all-equal layer included."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(4, 20, 16)) * np.array([1.0, 5.0, 20.0, 50.0])[:, None, None]
+    reps = [base + rng.normal(size=base.shape) * s * np.arange(4)[:, None, None] for s in (0.1, 0.3, 1.0)]
+    for r in reps:
+        r[0] = base[0]  # layer 0: every model the same
+    pairs = ResampledPairs(reps)
+    for _ in range(3):
+        idx = rng.integers(0, 20, size=20)
+        for a, b in [(0, 1), (0, 2), (2, 1), (1, 1)]:
+            for measure in ResampledPairs.MEASURES:
+                want = layer_similarity(reps[a][:, idx], reps[b][:, idx], measure)
+                np.testing.assert_allclose(pairs.similarity(a, b, idx, measure), want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="not 'cosine'"):
+        pairs.similarity(0, 1, idx, "cosine")
+    with pytest.raises(ValueError, match="same layers and samples"):
+        ResampledPairs([base, base[:, :5]])
