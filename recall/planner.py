@@ -46,7 +46,9 @@ class Rates:
     merge_s_per_model: float = 0.38  # ... and per SmolLM2-135M checkpoint read
     reps_s_per_text: float = 0.07  # RECALL's representation pass, per text per model
     fisher_s_per_example: float = 0.12  # EWC's Fisher diagonal
-    c1_boot_s: float = 40.0  # C1's bootstrap in 01 (n_boot = 1000 replicates, Gram matrices computed once)
+    # C1's bootstrap in 01, per 1000 replicates (Gram matrices computed once): 48 s on 01's shapes on a machine
+    # that read 62.8 GFLOP/s in float32, 2.76x slower than the reference
+    c1_boot_s: float = 17.0
     merge_benchmark_s: float = 45.0  # notebook 06 (the cold run of bc7911c: 42-47 s)
     # the machine the rates were measured on, as recall.bench.probe reads one: the float32 matmul speed that
     # benchmarks/throughput.py read on it (results/benchmarks/throughput_2threads.json, the session of the cold run
@@ -116,8 +118,8 @@ def calibrated(rates: Rates, machine: dict | None) -> Rates:
 
 
 def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
-    """One row per unit: notebook, unit, count, seconds (for every seed and task order of the profile); the
-    notebooks the profile skips (``Profile.skip``) only with ``include_skipped``."""
+    """One row per unit: notebook, unit, count, seconds (for every seed and task order of the profile) and phase
+    (``PHASES``); the notebooks the profile skips (``Profile.skip``) only with ``include_skipped``."""
     from .tuning import GRIDS, knob_of
 
     r = rates
@@ -134,8 +136,8 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         "training")
     add("01_representations", "representation pass", seeds, seeds * (T + 2) * (32 * r.reps_s_per_text + r.load_s),
         "other")
-    add("01_representations", "C1's bootstrap (Gram matrices once, then indexed)", seeds, seeds * r.c1_boot_s,
-        "other")
+    add("01_representations", "C1's bootstrap (Gram matrices once, then indexed)", seeds,
+        seeds * r.c1_boot_s * p.n_boot / 1000, "other")
     add("01_representations", "model conversion and data (an empty cache only)", 1, r.assets_s, "other")
     n_single = T * (2 + len(p.single_methods)) * seeds
     add("02_single_model", "merges", T * len(p.single_methods) * seeds,
@@ -152,9 +154,14 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
         seeds * sum(len(GRIDS[m]) * (_eval_s(p, T * p.n_val, r) + r.load_s) for m in tunable), "evaluation")
     add("03_multi_model", "multi-task training", seeds if p.multitask else 0,
         seeds * _train_s(p, T * p.n_train, r) if p.multitask else 0.0, "training")
-    untuned = [m for m in p.multi_methods if knob_of(m) not in tunable]  # a tuned method's merge is a grid point
-    add("03_multi_model", "merges", len(untuned) * seeds, seeds * sum(_merge_s(p, m, T + 1, r) for m in untuned),
-        "merging")
+    # a tuned method's merge is its chosen grid point, merged again for the test scores (validation released its
+    # weights; RECALL's representations are memoized); a control that follows a tuned method is a merge of its own
+    gridded = [m for m in p.multi_methods if m in tunable]
+    again = [] if p.keep_merged else gridded
+    merged = [m for m in p.multi_methods if m not in gridded]
+    add("03_multi_model", "merges", (len(merged) + len(again)) * seeds,
+        seeds * (sum(_merge_s(p, m, T + 1, r) for m in merged)
+                 + sum(_merge_s(p, m, T + 1, r) - _reps_s(p, m, T + 1, r) for m in again)), "merging")
     n_models = 1 + len(p.multi_methods) + (1 if p.multitask else 0)
     add("03_multi_model", "evaluations", (n_models + T) * seeds,
         seeds * (n_models * (_eval_s(p, (T + U) * p.n_test, r) + r.load_s)

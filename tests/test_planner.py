@@ -121,3 +121,13 @@ def test_the_probe_reads_the_speeds_the_calibration_uses():
     assert {"threads", "float32_gflops", "autocast_speedup", "copy_gbps"} <= set(reading)
     assert all(reading[k] > 0 for k in ("float32_gflops", "autocast_speedup", "copy_gbps"))
     assert calibrated(RATES, reading).train_s_per_token > 0
+
+
+def test_tuned_merges_are_merged_again_for_the_test_scores_and_controls_are_merges_of_their_own():
+    p = get_profile("cpu")
+    tuned = {"recall", "task_arithmetic", "ties", "dare", "magmax", "lm_cocktail"}
+    assert tuned < set(p.multi_methods) and "recall_symmetric" in p.multi_methods  # follows RECALL's values
+    # validation released the chosen grid point's weights: every method is merged once for the test scores
+    assert _row(estimate(p), "03_multi_model", "merges")["count"] == len(p.multi_methods)
+    kept = dataclasses.replace(p, keep_merged=True)
+    assert _row(estimate(kept), "03_multi_model", "merges")["count"] == len(set(p.multi_methods) - tuned)
