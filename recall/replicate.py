@@ -186,7 +186,7 @@ def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one
     changes = {"seeds": tuple(seeds)} if seeds is not None else {}
     if one_order:
         changes["extra_orders"] = ()
-    return report(dataclasses.replace(profile, **changes), stems, machine=probe())
+    return report(dataclasses.replace(profile, **changes), stems, machine=None if profile.model == "tiny" else probe())
 
 
 class _Tail(threading.Thread):

@@ -100,7 +100,7 @@ def test_replicate_writes_every_table_figure_and_provenance(smoke_run):
         assert entry["profile"]["name"] == "smoke"
         assert entry["parameters"]["profile"] == "smoke" and entry["parameters"]["seed"] == 0
         assert entry["git_commit"] and entry["device"] and entry["wall_time_s"] >= 0
-        assert entry["machine"]["float32_gflops"] > 0 and entry["machine"]["autocast_speedup"] > 0
+        assert entry["machine"] == {}  # the tiny model has no rates to calibrate (tests/test_planner.py reads one)
         if nb != "07_claims":  # the planner's estimate beside the measured time, per phase too
             assert entry["planned_cold_s"] == pytest.approx(sum(entry["planned_phases_s"].values()), abs=0.5)
         assert set(files) <= set(entry["files"]), f"{nb}: provenance lists {entry['files']}"
