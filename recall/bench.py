@@ -51,15 +51,15 @@ def probe(n: int = 1024, runs: int = 7, copy_mib: int = 256) -> dict:
 
     import torch
 
-    def best_s(fn, n_runs: int = runs, warm: bool = True) -> float:
-        for _ in range(3 if warm else 0):  # the thread pool wakes up
+    def seconds(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def best_s(fn) -> float:
+        for _ in range(3):  # the thread pool wakes up
             fn()
-        times = []
-        for _ in range(n_runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)  # noise from other work only slows a run down
+        return min(seconds(fn) for _ in range(runs))  # noise from other work only slows a run down
 
     a = torch.randn(n, n)
     out = {"threads": torch.get_num_threads(),
@@ -73,7 +73,7 @@ def probe(n: int = 1024, runs: int = 7, copy_mib: int = 256) -> dict:
     with torch.inference_mode():  # interleaved, so that a slow spell of the machine hits both alike
         for _ in range(2):
             block(), autocast_block()
-        pairs = [(best_s(block, 1, warm=False), best_s(autocast_block, 1, warm=False)) for _ in range(runs)]
+        pairs = [(seconds(block), seconds(autocast_block)) for _ in range(runs)]
         out["autocast_speedup"] = round(min(p[0] for p in pairs) / min(p[1] for p in pairs), 3)
     src = torch.empty(copy_mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)

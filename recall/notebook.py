@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import bench, plots, progress, tables
+from . import planner, plots, progress, tables
 from .experiments import Run
 from .profiles import check_task_order, get_profile
 from .results import Results, subdir_for
@@ -69,9 +69,7 @@ class Notebook:
         self.params = {"profile": profile, "seed": seed, **params}
         talk = progress.install()  # under recall.replicate: bars become progress lines, not notebook output
         self.run = (TalkingRun if talk else Run)(self.profile, seed=seed, progress=talk)
-        # the speed the planner's estimate of this notebook is calibrated to (its rates are SmolLM2-135M's: none
-        # for the tiny test model)
-        self.machine = {} if self.profile.model == "tiny" else bench.probe()
+        self.machine = planner.reading(self.profile)  # the speed this notebook's estimate is calibrated to
         self.res = Results(profile, name, subdir=subdir_for(seed, self.task_order, self.profile.task_order))
         self.table_params = tables.Params.of(self.profile, seed, **params)
         self.tables: dict[str, pd.DataFrame] = {}
@@ -107,15 +105,11 @@ class Notebook:
 
         from IPython.display import Markdown, display
 
-        from .planner import RATES, calibrated, per_notebook, per_phase
-
-        rates = calibrated(RATES, self.machine)
         one = dataclasses.replace(self.profile, seeds=(self.params["seed"],), extra_orders=())  # this run's chain
-        planned = per_notebook(one, [self.name], rates)
-        self.res.provenance(self.profile, self.params, self.run.timings,
-                            planned_s=float(planned.iloc[0]) if len(planned) else None,
-                            planned_phases_s=per_phase(one, self.name, rates) if len(planned) else None,
-                            machine=self.machine)
+        phases = planner.per_phase(one, self.name, planner.calibrated(planner.RATES, self.machine))
+        planned = sum(phases.values())  # 0: a notebook the planner has no units of (07_claims)
+        self.res.provenance(self.profile, self.params, self.run.timings, planned_s=planned or None,
+                            planned_phases_s=phases if planned else None, machine=self.machine)
         display(Markdown(f"Wrote {len(set(self.res.files))} files to `{self.res.dir}`; step timings (s): "
                          f"{self.run.timings}"))
 

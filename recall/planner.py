@@ -8,9 +8,10 @@ grid's merges and validation evaluations (``recall.tuning``); a sequential chain
 on the tasks seen so far after each step (the lower triangle of R) and on every task at the end.
 
 ``RATES`` were measured on 2 idle CPU cores with SmolLM2-135M (the cpu profile's provenance, December 2026) of
-one machine; ``calibrated`` moves them to another by a one-second reading of its speed (``recall.bench.probe``:
-float32 and bfloat16 matmul, memory copy). ``python -m recall.planner --profile cpu`` reads this machine and
-prints the plan; provenance records each notebook's wall time and phases beside its estimate and the reading.
+one machine; ``calibrated`` moves them to another by a reading of its speed that takes a few seconds
+(``recall.bench.probe``: float32 matmul, a decoder block under bfloat16 autocast against float32, memory copy).
+``python -m recall.planner --profile cpu`` reads this machine and prints the plan; provenance records each
+notebook's wall time and phases beside its estimate and the reading.
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ def calibrated(rates: Rates, machine: dict | None) -> Rates:
         fisher_s_per_example=rates.fisher_s_per_example * f32, c1_boot_s=rates.c1_boot_s * f32,
         assets_s=rates.assets_s * mem, load_s=rates.load_s * mem, merge_benchmark_s=rates.merge_benchmark_s * mem,
         merge_scale=rates.merge_scale * mem)
+
+
+def reading(p: Profile) -> dict:
+    """This machine's speed (``recall.bench.probe``) for planning ``p``; none for the tiny test model, which has no
+    rates of its own (they are SmolLM2-135M's)."""
+    from .bench import probe
+
+    return {} if p.model == "tiny" else probe()
 
 
 def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
@@ -267,9 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--no-probe", action="store_true", help="plan for the reference machine, without reading this one")
     args = ap.parse_args(argv)
-    from .bench import probe
-
-    print(report(get_profile(args.profile), machine=None if args.no_probe else probe()))
+    p = get_profile(args.profile)
+    print(report(p, machine=None if args.no_probe else reading(p)))
     return 0
 
 

@@ -180,13 +180,12 @@ def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds:
 def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one_order: bool = False) -> str:
     """The budget plan (``recall.planner``) of the notebooks ``stems``, for ``seeds`` (default the profile's) and,
     with ``one_order``, the given task order only."""
-    from .bench import probe
-    from .planner import report
+    from .planner import reading, report
 
     changes = {"seeds": tuple(seeds)} if seeds is not None else {}
     if one_order:
         changes["extra_orders"] = ()
-    return report(dataclasses.replace(profile, **changes), stems, machine=None if profile.model == "tiny" else probe())
+    return report(dataclasses.replace(profile, **changes), stems, machine=reading(profile))
 
 
 class _Tail(threading.Thread):

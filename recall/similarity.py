@@ -95,8 +95,8 @@ def rbf_similarity(x, y, sigma2: float | None = None, eps: float = EPS) -> float
 
 
 def _centered(k: np.ndarray) -> np.ndarray:
-    """H K H with H = I - 11^T / n."""
-    return k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
+    """H K H with H = I - 11^T / n, of a matrix or of each matrix of a stack (..., n, n)."""
+    return k - k.mean(axis=-2, keepdims=True) - k.mean(axis=-1, keepdims=True) + k.mean(axis=(-2, -1), keepdims=True)
 
 
 def _cka(kc: np.ndarray, lc: np.ndarray, const_x: bool, const_y: bool) -> float:
@@ -349,14 +349,10 @@ class ResampledPairs:
             paired = self.paired_sq_distance(a, b)[:, idx]
             return np.clip(np.exp(-paired / (2.0 * sigma2[:, None])).mean(axis=1), 0.0, 1.0)
         if measure == "cka_linear":
-            kc, lc = _centered_stack(self._block(a, a, idx)), _centered_stack(self._block(b, b, idx))
+            kc, lc = _centered(self._block(a, a, idx)), _centered(self._block(b, b, idx))
             scale = [np.einsum("lii->l", self._block(c, c, idx)).max() for c in (a, b)]
             return np.array([_cka(kc[l], lc[l], *(np.trace(k[l]) <= self.eps ** 2 * max(s, self.eps)
                                                    for k, s in ((kc, scale[0]), (lc, scale[1]))))
                              for l in range(kc.shape[0])])
         raise ValueError(f"ResampledPairs computes {' and '.join(self.MEASURES)}, not {measure!r}")
 
-
-def _centered_stack(k: np.ndarray) -> np.ndarray:
-    """:func:`_centered` of every matrix of a (L, n, n) stack."""
-    return k - k.mean(axis=1, keepdims=True) - k.mean(axis=2, keepdims=True) + k.mean(axis=(1, 2), keepdims=True)
