@@ -220,11 +220,19 @@ def _mean_accuracy(table: pd.DataFrame | None) -> str:
 
 
 def _weights_fact(src: Source) -> list[str]:
+    """How far RECALL's multi-model weights are from uniform, and which model holds the most weight where they are
+    farthest: far from uniform, RECALL is not averaging; at uniform it is."""
     w = src.get("multi_recall_weights")
     if w is None or w.empty:
         return []
-    dev = float(np.abs(w.to_numpy(dtype=float) - 1.0 / w.shape[1]).max())
-    return [f"RECALL's multi-model weights are within +-{dev:.3f} of uniform (1/{w.shape[1]}) at every layer"]
+    x = w.to_numpy(dtype=float)
+    dev = np.abs(x - 1.0 / w.shape[1])
+    i, _ = np.unravel_index(int(dev.argmax()), dev.shape)
+    top = int(x[i].argmax())
+    major = int((x.max(axis=1) > 0.5).sum())
+    return [f"RECALL's multi-model weights depart from uniform (1/{w.shape[1]}) by up to {float(dev.max()):.3f}: "
+            f"at layer {w.index[i]} {w.columns[top]} takes {x[i, top]:.3f}; one model takes more than half "
+            f"at {major} of {len(w)} layers"]
 
 
 def _tally(comps: list[Comparison], what: str) -> str:

@@ -174,3 +174,11 @@ def test_rules_are_stated_once_in_the_rule_functions():
         text = claims.rule_text(c)
         assert text and "\n" not in text
     assert "2" in claims.rule_text("C1") and claims.MIN_DEPTH_RATIO == 2.0
+
+
+def test_the_weights_fact_says_how_far_from_uniform_and_who_holds_the_weight(tmp_path):
+    w = pd.DataFrame({"layer": [0, 1, 2], "base": [0.5, 0.3, 0.05], "expert-a": [0.5, 0.7, 0.95]})
+    _write(tmp_path, "multi_recall_weights", w)
+    fact = claims._weights_fact(claims.Source(tmp_path))
+    assert fact == ["RECALL's multi-model weights depart from uniform (1/2) by up to 0.450: at layer 2 expert-a "
+                    "takes 0.950; one model takes more than half at 2 of 3 layers"]
