@@ -226,8 +226,8 @@ def _weights_fact(src: Source) -> list[str]:
     if w is None or w.empty:
         return []
     x = w.to_numpy(dtype=float)
-    dev = np.abs(x - 1.0 / w.shape[1])
-    i, _ = np.unravel_index(int(dev.argmax()), dev.shape)
+    dev = np.abs(x - 1.0 / w.shape[1]).max(axis=1)  # per layer
+    i = int(dev.argmax())
     top = int(x[i].argmax())
     major = int((x.max(axis=1) > 0.5).sum())
     return [f"RECALL's multi-model weights depart from uniform (1/{w.shape[1]}) by up to {float(dev.max()):.3f}: "
