@@ -36,17 +36,21 @@ def measure(cmd: list, logfile: str | os.PathLike, env: dict | None = None) -> d
 
 
 def probe(n: int = 1024, runs: int = 7, copy_mib: int = 256) -> dict:
-    """A reading of this machine's speed in about two seconds, recorded in provenance beside each notebook's wall
-    time (``recall.planner.calibrated`` moves its rates by it), with the process's torch threads:
+    """A reading of this machine's speed in a few seconds, recorded in provenance beside each notebook's wall
+    time (``recall.planner.calibrated`` moves its rates by it), with the process's torch threads. Each speed is
+    read on the shape of the work it stands for:
 
-    - ``float32_gflops``: an n x n x n ``torch.mm`` in float32 (training, float32 scoring, the representation
-      pass);
-    - ``autocast_speedup``: how many times faster one SmolLM2-135M decoder block (random weights, 4 sequences of
-      64 tokens: attention and MLP) runs forward under bfloat16 autocast than in float32 (scoring under
+    - ``train_block_ms``: one SmolLM2-135M decoder block (random weights), forward and backward in float32, on a
+      LoRA batch (8 sequences of 100 tokens; the weights frozen, the gradient flows to the input): training and
+      EWC's Fisher;
+    - ``block_ms``: the block's forward in float32 (4 sequences of 64 tokens): float32
+      scoring and RECALL's representation pass;
+    - ``autocast_speedup``: how many times faster that forward runs under bfloat16 autocast (scoring under
       ``eval_autocast``; below 1 on a CPU without native bfloat16, where oneDNN emulates it);
+    - ``float32_gflops``: an n x n x n ``torch.mm`` in float32 (C1's bootstrap: Gram matrices);
     - ``copy_gbps``: a ``copy_mib`` MiB tensor copy, read and write (merges stream checkpoints through memory).
 
-    The fastest of ``runs`` after three warm-up runs."""
+    The fastest of ``runs`` after warm-up runs: noise from other work only slows a run down."""
     import time
 
     import torch
@@ -56,14 +60,16 @@ def probe(n: int = 1024, runs: int = 7, copy_mib: int = 256) -> dict:
         fn()
         return time.perf_counter() - t0
 
-    def best_s(fn) -> float:
-        for _ in range(3):  # the thread pool wakes up
+    def best_s(fn, warmup: int = 3) -> float:
+        for _ in range(warmup):  # the thread pool wakes up
             fn()
-        return min(seconds(fn) for _ in range(runs))  # noise from other work only slows a run down
+        return min(seconds(fn) for _ in range(runs))
 
     a = torch.randn(n, n)
     out = {"threads": torch.get_num_threads(),
            "float32_gflops": round(2 * n**3 / best_s(lambda: torch.mm(a, a)) / 1e9, 1)}
+    train = _smollm2_block(batch=8, tokens=100, grad=True)
+    out["train_block_ms"] = round(1e3 * best_s(train, warmup=2), 2)
     block = _smollm2_block()
 
     def autocast_block():
@@ -74,16 +80,18 @@ def probe(n: int = 1024, runs: int = 7, copy_mib: int = 256) -> dict:
         for _ in range(2):
             block(), autocast_block()
         pairs = [(seconds(block), seconds(autocast_block)) for _ in range(runs)]
-        out["autocast_speedup"] = round(min(p[0] for p in pairs) / min(p[1] for p in pairs), 3)
+        f32, bf16 = min(p[0] for p in pairs), min(p[1] for p in pairs)
+        out["block_ms"], out["autocast_speedup"] = round(1e3 * f32, 2), round(f32 / bf16, 3)
     src = torch.empty(copy_mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
     out["copy_gbps"] = round(2 * src.numel() * 4 / best_s(lambda: dst.copy_(src)) / 1e9, 2)
     return out
 
 
-def _smollm2_block(batch: int = 4, tokens: int = 64):
+def _smollm2_block(batch: int = 4, tokens: int = 64, grad: bool = False):
     """A forward pass of one decoder block with SmolLM2-135M's shapes (hidden 576, MLP 1536, 9 query and 3
-    key-value heads), random weights: the unit of work of scoring, for ``probe``."""
+    key-value heads), random weights, for ``probe``; with ``grad``, forward and backward to the input (the weights
+    frozen, as LoRA leaves them)."""
     import torch
     import torch.nn.functional as F
 
@@ -92,7 +100,7 @@ def _smollm2_block(batch: int = 4, tokens: int = 64):
     shapes = {"q": (h, h), "k": (h // heads * kv, h), "v": (h // heads * kv, h), "o": (h, h), "gate": (inter, h),
               "up": (inter, h), "down": (h, inter)}
     w = {k: torch.randn(o, i, generator=g) * i ** -0.5 for k, (o, i) in shapes.items()}
-    x = torch.randn(batch, tokens, h, generator=g)
+    x = torch.randn(batch, tokens, h, generator=g, requires_grad=grad)
 
     def heads_of(t, n):
         return t.view(batch, tokens, n, -1).transpose(1, 2).repeat_interleave(heads // n, 1)
@@ -105,4 +113,7 @@ def _smollm2_block(batch: int = 4, tokens: int = 64):
         a = F.rms_norm(y, (h,))
         return y + F.linear(F.silu(F.linear(a, w["gate"])) * F.linear(a, w["up"]), w["down"])
 
-    return forward
+    def forward_backward():
+        forward().square().mean().backward()
+
+    return forward_backward if grad else forward

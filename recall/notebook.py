@@ -105,7 +105,8 @@ class Notebook:
 
         from IPython.display import Markdown, display
 
-        one = dataclasses.replace(self.profile, seeds=(self.params["seed"],), extra_orders=())  # this run's chain
+        one = dataclasses.replace(self.profile, seeds=(self.params["seed"],), task_order=self.task_order,
+                                  extra_orders=())  # this run's chain
         phases = planner.per_phase(one, self.name, planner.calibrated(planner.RATES, self.machine))
         planned = sum(phases.values())  # 0: a notebook the planner has no units of (07_claims)
         self.res.provenance(self.profile, self.params, self.run.timings, planned_s=planned or None,

@@ -27,37 +27,48 @@ from .profiles import Profile, get_profile
 
 @dataclass(frozen=True)
 class Rates:
-    # a training, per planned token (examples x epochs x (template + max_text_tokens)), loading and saving included:
-    # the pilot of 1edb3c6 (25 experts, 2 idle threads) spent 0.0030 s in the loop, its cold 01 run 0.0033 in all
-    train_s_per_token: float = 0.0033
-    template_tokens: int = 60  # chat template, system prompt, instruction and label options of a training example
-    # rank classification at max_text_tokens = 40, batch 32, calibrated (the cold cpu run of December 2026:
-    # 1869 s for 22,800 examples in 03, 425 s for 6,280 in 04's first order; tasks with many labels cost more)
-    # packed continuations of multi-token labels (a 4D mask instead of a copy of the cache per label): 0.91x
-    eval_s_per_example: float = 0.0657
-    # scoring under autocast (Profile.eval_autocast) relative to float32, on the cpu profile's seven tasks
-    # (the base model, 64 test examples each, 2 idle cores: 13.0 s against 33.0 s before packing, 30.1 s after;
-    # refitted to the cold run of bc7911c, whose evaluations took 995 s against 1123 planned at 0.43)
-    eval_autocast_factor: tuple[tuple[str, float], ...] = (("bfloat16", 0.38),)
-    assets_s: float = 150.0  # an empty cache: the GGUF model converted to safetensors, the data archives read
-    load_s: float = 1.5  # loading a model folder
-    # merges: the cold run of bc7911c spent 298 s merging against 472 planned, so every merge rate below (and
-    # EXPENSIVE_MERGES) is the earlier one times 0.63
-    merge_s: float = 0.95  # a streaming merge: fixed part ...
-    merge_s_per_model: float = 0.38  # ... and per SmolLM2-135M checkpoint read
-    reps_s_per_text: float = 0.07  # RECALL's representation pass, per text per model
+    # Measured on the reference machine (``reference`` below: a 2-core Xeon with AMX, KVM, 2 idle threads) by
+    # benchmarks/planner_rates.py on the cache of the cold cpu run of 4871310 (December 2026), and by that run's
+    # phase times (provenance: training, evaluation, merging, the rest of the wall time).
+    # a training: per trained token (prompt + answer, the training loop: 29 trainings, median), EWC's penalty
+    # costing ewc_factor times that; plus a fixed part (the start model loaded, the adapter merged and saved)
+    train_s_per_token: float = 0.00284
+    ewc_factor: float = 1.32
+    train_fixed_s: float = 3.4
+    # trained tokens per example and epoch at max_text_tokens = 40 (chat template, instruction, label options,
+    # text and answer); a task not listed: default_tokens; another max_text_tokens shifts each by the difference
+    tokens_per_example: tuple[tuple[str, float], ...] = (
+        ("bbc", 100.1), ("ng", 104.7), ("rt", 81.5), ("sms", 83.5), ("trec", 75.5))
+    default_tokens: float = 100.0
+    # rank classification per example at max_text_tokens = 40, batch 32, under bfloat16 autocast (the base
+    # model, 200 test examples per task); a task not listed: default_eval_s. Tasks with many or long label words
+    # cost more. Without autocast, times the reference's autocast_speedup; another max_text_tokens scales by
+    # (10 + max_text_tokens) / 50
+    eval_s_per_example: tuple[tuple[str, float], ...] = (
+        ("bbc", 0.0280), ("rt", 0.0168), ("trec", 0.0206), ("sms", 0.0226), ("ng", 0.0337), ("r8", 0.0312),
+        ("amazon", 0.0163))
+    default_eval_s: float = 0.028
+    # a model folder loaded for scoring; by evaluate_on outside the timed scoring, so it is in the "other" phase
+    load_s: float = 0.8
+    assets_s: float = 30.0  # an empty cache: the GGUF model converted to safetensors, the data archives read
+    # merges (03: 258 s, 04: 45 s, 05: 37 s in the run): a streaming merge's fixed part, per checkpoint read
+    merge_s: float = 0.95
+    merge_s_per_model: float = 0.38
+    reps_s_per_text: float = 0.042  # RECALL's representation pass, per text per model (05's four merges)
     fisher_s_per_example: float = 0.12  # EWC's Fisher diagonal
-    # C1's bootstrap in 01, per 1000 replicates (Gram matrices computed once): 48 s on 01's shapes on a machine
-    # that read 62.8 GFLOP/s in float32, 2.76x slower than the reference
-    c1_boot_s: float = 17.0
-    merge_benchmark_s: float = 45.0  # notebook 06 (the cold run of bc7911c: 42-47 s)
-    # the machine the rates were measured on, as recall.bench.probe reads one: the float32 matmul speed that
-    # benchmarks/throughput.py read on it (results/benchmarks/throughput_2threads.json, the session of the cold run
-    # of bc7911c; its autocast speedup was not read); its memory speed inferred from the merge benchmark (notebook
-    # 06: 41.7 s there, 72.9 s on a 2-core AMD EPYC with AVX2 that read 17.7 GB/s, so 17.7 x 72.9 / 41.7); and the
-    # factor on merges that calibrated() sets
-    reference: tuple[tuple[str, float], ...] = (("float32_gflops", 173.1), ("copy_gbps", 30.9))
+    c1_boot_s: float = 9.0  # C1's bootstrap in 01, per 1000 replicates (Gram matrices computed once)
+    merge_benchmark_s: float = 45.0  # notebook 06
+    # per notebook: tables, bootstrap intervals and figures after the units (the rest of the wall time)
+    tables_s: tuple[tuple[str, float], ...] = (
+        ("01_representations", 8.0), ("03_multi_model", 4.0), ("04_sequential", 6.0), ("05_ablations", 8.0))
+    # the reference machine as recall.bench.probe reads one (medians of its readings in the session of the
+    # rates), and the factor on merges that calibrated() sets
+    reference: tuple[tuple[str, float], ...] = (
+        ("train_block_ms", 54.5), ("block_ms", 7.7), ("autocast_speedup", 1.9), ("float32_gflops", 310.0),
+        ("copy_gbps", 25.8))
     merge_scale: float = 1.0
+    eval_scale: float = 1.0  # on scoring under autocast, set by calibrated()
+    float32_eval_factor: float = 1.9  # float32 scoring over autocast: the reference's autocast_speedup
 
 
 RATES = Rates()
@@ -71,13 +82,21 @@ COLUMNS = ["notebook", "unit", "count", "seconds", "phase"]
 PHASES = ("training", "evaluation", "merging", "other")  # as provenance times them (recall.experiments.Run.timings)
 
 
-def _train_s(p: Profile, n_examples: int, r: Rates) -> float:
-    return n_examples * p.epochs * (r.template_tokens + p.max_text_tokens) * r.train_s_per_token
+def _tokens(p: Profile, task: str, r: Rates) -> float:
+    return max(dict(r.tokens_per_example).get(task, r.default_tokens) + p.max_text_tokens - 40, 1.0)
 
 
-def _eval_s(p: Profile, n_examples: int, r: Rates) -> float:
-    factor = dict(r.eval_autocast_factor).get(p.eval_autocast, 1.0) if p.eval_autocast else 1.0
-    return n_examples * r.eval_s_per_example * factor * (10 + p.max_text_tokens) / 50
+def _train_s(p: Profile, tasks, n_per_task: int, r: Rates, ewc: bool = False) -> float:
+    """One training on ``n_per_task`` examples of each of ``tasks`` (one task, or a multi-task union)."""
+    tokens = sum(n_per_task * p.epochs * _tokens(p, t, r) for t in tasks)
+    return tokens * r.train_s_per_token * (r.ewc_factor if ewc else 1.0) + r.train_fixed_s
+
+
+def _eval_s(p: Profile, tasks, n_per_task: int, r: Rates) -> float:
+    """Scoring ``n_per_task`` examples of each of ``tasks`` (one loaded model)."""
+    per = dict(r.eval_s_per_example)
+    factor = r.eval_scale * (1.0 if p.eval_autocast else r.float32_eval_factor) * (10 + p.max_text_tokens) / 50
+    return factor * sum(n_per_task * per.get(t, r.default_eval_s) for t in tasks)
 
 
 def _reps_s(p: Profile, method: str, pool: int, r: Rates) -> float:
@@ -94,38 +113,57 @@ def _merge_s(p: Profile, method: str, pool: int, r: Rates) -> float:
 
 
 def calibrated(rates: Rates, machine: dict | None) -> Rates:
-    """``rates`` moved to the machine ``machine`` describes (``recall.bench.probe``): each rate times the
-    reference machine's speed over this one's, float32 matmul for training, EWC's Fisher, float32 scoring and the
-    representation pass, memory copy for merges, the merge benchmark and the assets. Scoring under bfloat16
-    autocast costs float32 scoring times ``eval_autocast_factor`` over the reading's ``autocast_speedup`` relative
-    to the reference's (where the reference was not read: the speedup its scoring showed, 1 / the factor). A
-    speed the reference or the reading lacks counts as equal; with none, ``rates`` as they are."""
+    """``rates`` moved to the machine ``machine`` describes (``recall.bench.probe``), each by the reading of the
+    work it stands for, this machine's time over the reference's: a decoder block's forward and backward
+    (``train_block_ms``) for training and EWC's Fisher; its float32 forward (``block_ms``) for the
+    representation pass and float32 scoring, and that over ``autocast_speedup`` for scoring under autocast;
+    float32 matmul for C1's bootstrap; memory copy for merges, model loads, the merge benchmark and the assets.
+    A speed the reference or the reading lacks counts as equal; with none read, ``rates`` as they are."""
     ref, machine = dict(rates.reference), dict(machine or {})
-    if not any(machine.get(k) for k in ("float32_gflops", "autocast_speedup", "copy_gbps")):
+    if not any(machine.get(k) for k in ref):
         return rates
 
-    def slower(key: str) -> float:
-        return ref[key] / float(machine[key]) if ref.get(key) and machine.get(key) else 1.0
+    def slower(key: str, time: bool) -> float:  # this machine's time for the work over the reference's
+        if not (ref.get(key) and machine.get(key)):
+            return 1.0
+        return float(machine[key]) / ref[key] if time else ref[key] / float(machine[key])
 
-    f32, mem = slower("float32_gflops"), slower("copy_gbps")
-    factors = []
-    for d, f in rates.eval_autocast_factor:
-        speedup = float(machine.get("autocast_speedup") or 0) if d == "bfloat16" else 0.0
-        factors.append((d, f * (ref.get("autocast_speedup") or 1 / f) / speedup if speedup > 0 else f))
+    train, block, mem = slower("train_block_ms", True), slower("block_ms", True), slower("copy_gbps", False)
+    speedup = float(machine.get("autocast_speedup") or 0) or ref.get("autocast_speedup") or rates.float32_eval_factor
+    autocast = block * (ref.get("autocast_speedup") or rates.float32_eval_factor) / speedup
     return dataclasses.replace(
-        rates, train_s_per_token=rates.train_s_per_token * f32, eval_s_per_example=rates.eval_s_per_example * f32,
-        eval_autocast_factor=tuple(factors), reps_s_per_text=rates.reps_s_per_text * f32,
-        fisher_s_per_example=rates.fisher_s_per_example * f32, c1_boot_s=rates.c1_boot_s * f32,
-        assets_s=rates.assets_s * mem, load_s=rates.load_s * mem, merge_benchmark_s=rates.merge_benchmark_s * mem,
+        rates, train_s_per_token=rates.train_s_per_token * train, train_fixed_s=rates.train_fixed_s * mem,
+        fisher_s_per_example=rates.fisher_s_per_example * train, eval_scale=rates.eval_scale * autocast,
+        float32_eval_factor=speedup, reps_s_per_text=rates.reps_s_per_text * block,
+        c1_boot_s=rates.c1_boot_s * slower("float32_gflops", False), assets_s=rates.assets_s * mem,
+        load_s=rates.load_s * mem, merge_benchmark_s=rates.merge_benchmark_s * mem,
         merge_scale=rates.merge_scale * mem)
 
 
+READING_ENV = "RECALL_MACHINE_READING"  # a reading (JSON) that recall.replicate took once for all its notebooks
+
+
 def reading(p: Profile) -> dict:
-    """This machine's speed (``recall.bench.probe``) for planning ``p``; none for the tiny test model, which has no
-    rates of its own (they are SmolLM2-135M's)."""
+    """This machine's speed (``recall.bench.probe``) for planning ``p``: the one ``recall.replicate`` took before
+    its first notebook (``READING_ENV``), so that every notebook of a replicate is planned at one reading and a
+    slow spell while a kernel starts does not move its plan; else a reading now. None for the tiny test model,
+    which has no rates of its own (they are SmolLM2-135M's)."""
+    import json
+    import os
+
     from .bench import probe
 
-    return {} if p.model == "tiny" else probe()
+    if p.model == "tiny":
+        return {}
+    shared = os.environ.get(READING_ENV)
+    if shared:
+        try:
+            got = json.loads(shared)
+        except ValueError:
+            got = None
+        if isinstance(got, dict) and all(isinstance(v, (int, float)) for v in got.values()):
+            return got
+    return probe()
 
 
 def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
@@ -134,84 +172,136 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
     from .tuning import GRIDS, knob_of
 
     r = rates
-    T, U = len(p.tasks), len(p.unseen)
-    seeds, orders = len(p.seeds), 1 + len(p.extra_orders)
+    tasks, unseen = tuple(p.tasks), tuple(p.unseen)
+    T = len(tasks)
+    seeds = len(p.seeds)
+    tables = dict(r.tables_s)
     rows = []
 
     def add(nb, unit, count, seconds, phase):
         rows.append((nb, unit, count, seconds, phase))
 
-    expert = _train_s(p, p.n_train, r)
+    def expert(task, ewc=False):
+        return _train_s(p, (task,), p.n_train, r, ewc)
+
+    def scored(models, tasks_, n):  # models each loaded once and scored on tasks_: (evaluation, loads)
+        return models * _eval_s(p, tasks_, n, r), models * r.load_s
+
     _pilot(p, r, add)
-    add("01_representations", "experts and the null expert (trainings)", (T + 1) * seeds, (T + 1) * expert * seeds,
-        "training")
-    add("01_representations", "representation pass", seeds, seeds * (T + 2) * (32 * r.reps_s_per_text + r.load_s),
+    nb = "01_representations"
+    add(nb, "experts and the null expert (trainings)", (T + 1) * seeds,
+        seeds * (sum(expert(t) for t in tasks) + expert(p.task_order[0])), "training")
+    add(nb, "representation pass", seeds, seeds * (T + 2) * (32 * r.reps_s_per_text + r.load_s), "other")
+    add(nb, "C1's bootstrap (Gram matrices once, then indexed)", seeds, seeds * r.c1_boot_s * p.n_boot / 1000,
         "other")
-    add("01_representations", "C1's bootstrap (Gram matrices once, then indexed)", seeds,
-        seeds * r.c1_boot_s * p.n_boot / 1000, "other")
-    add("01_representations", "model conversion and data (an empty cache only)", 1, r.assets_s, "other")
+    add(nb, "model conversion and data (an empty cache only)", 1, r.assets_s, "other")
+    add(nb, "tables and figures", 1, tables.get(nb, 0.0), "other")
+
+    nb = "02_single_model"
     n_single = T * (2 + len(p.single_methods)) * seeds
-    add("02_single_model", "merges", T * len(p.single_methods) * seeds,
+    add(nb, "merges", T * len(p.single_methods) * seeds,
         sum(_merge_s(p, m, 2, r) for m in p.single_methods) * T * seeds, "merging")
-    add("02_single_model", "evaluations", n_single, n_single * (_eval_s(p, (1 + U) * p.n_test, r) + r.load_s),
-        "evaluation")
+    ev = sum(scored((2 + len(p.single_methods)) * seeds, (t,) + unseen, p.n_test)[0] for t in tasks)
+    add(nb, "evaluations", n_single, ev, "evaluation")
+    add(nb, "model loads for scoring", n_single, n_single * r.load_s, "other")
+
+    nb = "03_multi_model"
     tunable = [m for m in dict.fromkeys(knob_of(m) for m in p.multi_methods) if m and m != "ewc"] if p.tune else []
     grid = sum(len(GRIDS[m]) for m in tunable)
     # RECALL's representations are memoized per process: its grid reads the models once
     reps_once = sum((len(GRIDS[m]) - 1) * _reps_s(p, m, T + 1, r) for m in tunable)
-    add("03_multi_model", "tuning on validation: merges", grid * seeds,
+    add(nb, "tuning on validation: merges", grid * seeds,
         seeds * (sum(len(GRIDS[m]) * _merge_s(p, m, T + 1, r) for m in tunable) - reps_once), "merging")
-    add("03_multi_model", "tuning on validation: evaluations", grid * seeds,
-        seeds * sum(len(GRIDS[m]) * (_eval_s(p, T * p.n_val, r) + r.load_s) for m in tunable), "evaluation")
-    add("03_multi_model", "multi-task training", seeds if p.multitask else 0,
-        seeds * _train_s(p, T * p.n_train, r) if p.multitask else 0.0, "training")
+    ev, loads = scored(grid * seeds, tasks, p.n_val)
+    add(nb, "tuning on validation: evaluations", grid * seeds, ev, "evaluation")
+    add(nb, "multi-task training", seeds if p.multitask else 0,
+        seeds * _train_s(p, tasks, p.n_train, r) if p.multitask else 0.0, "training")
     # a tuned method's merge is its chosen grid point, merged again for the test scores (validation released its
     # weights; RECALL's representations are memoized); a control that follows a tuned method is a merge of its own
     gridded = [m for m in p.multi_methods if m in tunable]
     again = [] if p.keep_merged else gridded
     merged = [m for m in p.multi_methods if m not in gridded]
-    add("03_multi_model", "merges", (len(merged) + len(again)) * seeds,
+    add(nb, "merges", (len(merged) + len(again)) * seeds,
         seeds * (sum(_merge_s(p, m, T + 1, r) for m in merged)
                  + sum(_merge_s(p, m, T + 1, r) - _reps_s(p, m, T + 1, r) for m in again)), "merging")
     n_models = 1 + len(p.multi_methods) + (1 if p.multitask else 0)
-    add("03_multi_model", "evaluations", (n_models + T) * seeds,
-        seeds * (n_models * (_eval_s(p, (T + U) * p.n_test, r) + r.load_s)
-                 + T * (_eval_s(p, (1 + U) * p.n_test, r) + r.load_s)), "evaluation")
-    chains = seeds * orders
-    L = len(p.chain())  # the tasks a chain learns
-    merging = [m for m in p.sequential_methods if m not in ("sft", "ewc")]
+    ev = scored(n_models * seeds, tasks + unseen, p.n_test)[0] + seeds * sum(
+        _eval_s(p, (t,) + unseen, p.n_test, r) for t in tasks)
+    add(nb, "evaluations", (n_models + T) * seeds, ev, "evaluation")
+    add(nb, "model loads for scoring", (grid + n_models + T) * seeds, loads + (n_models + T) * seeds * r.load_s,
+        "other")
+    add(nb, "tables and figures", 1, tables.get(nb, 0.0), "other")
+
+    for order in (tuple(p.task_order),) + tuple(tuple(o) for o in p.extra_orders):
+        _chains(p, r, order, seeds, add, GRIDS, knob_of, expert, scored)
+
+    nb = "05_ablations"
+    n_abl = (1 + len(p.ablations)) * seeds
+    add(nb, "merges", n_abl, n_abl * _merge_s(p, "recall", T + 1, r), "merging")
+    ev, loads = scored(n_abl, tasks, p.n_test)
+    add(nb, "evaluations", n_abl, ev, "evaluation")
+    add(nb, "model loads for scoring", n_abl, loads, "other")
+    add(nb, "tables and figures", 1, tables.get(nb, 0.0), "other")
+    add("06_efficiency", "merge benchmark", 1, r.merge_benchmark_s, "other")
+    out = pd.DataFrame(rows, columns=COLUMNS)  # the task orders' rows of one unit summed
+    out = out.groupby(["notebook", "unit", "phase"], sort=False, as_index=False)[["count", "seconds"]].sum()[COLUMNS]
+    left_out = set(p.skip) | {"00_pilot"}  # the pilot runs only on request (recall.replicate.ON_REQUEST)
+    return out if include_skipped else out[~out["notebook"].isin(left_out)].reset_index(drop=True)
+
+
+def _chains(p: Profile, r: Rates, order: tuple, seeds: int, add, GRIDS, knob_of, expert, scored) -> None:
+    """Notebook 04's units for one task order (``recall.experiments.sequential`` and ``sequential_tuning``):
+    step 1 of every chain is the expert of its first task (trained by 01); the tuning trains step 2 from it (sft's
+    step 2, and EWC's at each grid point, so the chosen one is EWC's step 2); after step t a chain is scored on
+    tasks 1..t+1 and, at the end, on the unseen tasks too. The expert's step 1 is scored once (sft and ewc share
+    it), on task 2 only: 03 scored it on its own task."""
+    nb = "04_sequential"
+    chain, unseen = p.chain(order), tuple(p.unseen)
+    L = len(chain)
     seq_tune = [m for m in dict.fromkeys(knob_of(m) for m in p.sequential_methods) if m] if p.tune else []
     seq_tune_merges = [m for m in seq_tune if m != "ewc"]
-    # step 1 is the expert of the chain's first task (trained by 01, or by the first chain); step 2 learned from the
-    # expert of task 1 (it is also the sft chain's step 2)
-    tune = {"training": expert if seq_tune_merges else 0.0, "merging": 0.0, "evaluation": 0.0, "other": 0.0}
+    fisher = (p.ewc_samples or p.n_train) * r.fisher_s_per_example
+    second = chain[1] if L > 1 else chain[0]
+    tune = {"training": expert(second) if seq_tune_merges else 0.0, "merging": 0.0, "evaluation": 0.0,
+            "other": 0.0}
     for m in seq_tune:
-        tune["evaluation"] += len(GRIDS[m]) * (_eval_s(p, 2 * p.n_val, r) + r.load_s)
+        ev, loads = scored(len(GRIDS[m]), chain[:2], p.n_val)
+        tune["evaluation"] += ev
+        tune["other"] += loads
         if m == "ewc":
-            tune["training"] += len(GRIDS[m]) * expert
-            tune["other"] += (p.ewc_samples or p.n_train) * r.fisher_s_per_example
+            tune["training"] += len(GRIDS[m]) * expert(second, ewc=True) + fisher
         else:  # memoized: the grid reads the two models once
             tune["merging"] += len(GRIDS[m]) * _merge_s(p, m, 2, r) - (len(GRIDS[m]) - 1) * _reps_s(p, m, 2, r)
     for phase, s in tune.items():
-        add("04_sequential", f"tuning on the first two steps (validation): {phase}", chains, chains * s, phase)
-    # steps 2..L of every chain, but for the step-2 checkpoints the tuning already trained (found by fingerprint)
-    shared = {"sft": bool(seq_tune_merges), "ewc": "ewc" in seq_tune}
-    per_chain = sum(L - 1 - (L > 1 and shared.get(m, False)) for m in p.sequential_methods)
-    fisher = (p.ewc_samples or p.n_train) * (L - 1) * r.fisher_s_per_example * ("ewc" in p.sequential_methods)
-    add("04_sequential", "chain trainings", chains * per_chain, chains * (per_chain * expert + fisher), "training")
-    add("04_sequential", "chain merges", chains * len(merging) * L,
-        chains * L * sum(_merge_s(p, m, (L if m == "recall_history" else 2) + (m == "recall_history"), r)
-                         for m in merging), "merging")
-    scored = sum(min(i + 1, L) for i in range(1, L + 1)) + U  # tasks 1..t+1 after step t; the unseen at the end
-    add("04_sequential", "chain evaluations", chains * len(p.sequential_methods) * L,
-        chains * len(p.sequential_methods) * (_eval_s(p, scored * p.n_test, r) + L * r.load_s), "evaluation")
-    n_abl = (1 + len(p.ablations)) * seeds
-    add("05_ablations", "merges", n_abl, n_abl * _merge_s(p, "recall", T + 1, r), "merging")
-    add("05_ablations", "evaluations", n_abl, n_abl * (_eval_s(p, T * p.n_test, r) + r.load_s), "evaluation")
-    add("06_efficiency", "merge benchmark", 1, r.merge_benchmark_s, "other")
-    out = pd.DataFrame(rows, columns=COLUMNS)
-    left_out = set(p.skip) | {"00_pilot"}  # the pilot runs only on request (recall.replicate.ON_REQUEST)
-    return out if include_skipped else out[~out["notebook"].isin(left_out)].reset_index(drop=True)
+        add(nb, f"tuning on the first two steps (validation): {phase}", seeds, seeds * s, phase)
+    shared = {"sft": bool(seq_tune_merges), "ewc": "ewc" in seq_tune}  # step 2 trained by the tuning
+    trainings, n_trainings = 0.0, 0
+    for m in p.sequential_methods:
+        for i, t in enumerate(chain[1:], 2):
+            if not (i == 2 and shared.get(m, False)):
+                trainings += expert(t, ewc=m == "ewc")
+                n_trainings += 1
+        if m == "ewc":
+            trainings += (L - 1) * fisher
+    add(nb, "chain trainings", seeds * n_trainings, seeds * trainings, "training")
+    merging = [m for m in p.sequential_methods if m not in ("sft", "ewc")]
+    add(nb, "chain merges", seeds * len(merging) * L,
+        seeds * L * sum(_merge_s(p, m, (L if m == "recall_history" else 2) + (m == "recall_history"), r)
+                        for m in merging), "merging")
+    ev, loads, n = 0.0, 0.0, 0
+    expert_scored = False
+    for m in p.sequential_methods:
+        for t in range(1, L + 1):
+            tasks_ = chain[: t + 1] + (unseen if t == L else ())
+            if t == 1 and m in ("sft", "ewc"):  # the expert of task 1
+                if expert_scored:
+                    continue
+                expert_scored, tasks_ = True, tasks_[1:]
+            e, lo = scored(1, tasks_, p.n_test)
+            ev, loads, n = ev + e, loads + lo, n + 1
+    add(nb, "chain evaluations", seeds * n, seeds * ev, "evaluation")
+    add(nb, "model loads for scoring", seeds * n, seeds * loads, "other")
+    add(nb, "tables and figures", 1, dict(r.tables_s).get(nb, 0.0), "other")
 
 
 def _pilot(p: Profile, r: Rates, add) -> None:
@@ -222,17 +312,21 @@ def _pilot(p: Profile, r: Rates, add) -> None:
     mine = profile_recipe(p)
     recipes = RECIPES[:RECIPES.index(mine) + 1] if mine in RECIPES else RECIPES
 
-    T, U = len(p.tasks), len(p.unseen)
+    tasks, unseen = tuple(p.tasks), tuple(p.unseen)
+    T = len(tasks)
     add("00_pilot", "model conversion and data (an empty cache only)", 1, r.assets_s, "other")
-    add("00_pilot", "scoring rules: the profile's experts (trainings)", T, T * _train_s(p, p.n_train, r), "training")
+    add("00_pilot", "scoring rules: the profile's experts (trainings)", T,
+        sum(_train_s(p, (t,), p.n_train, r) for t in tasks), "training")
     add("00_pilot", "scoring rules: base and experts (validation)", 1 + T,
-        _eval_s(p, 2 * (T + U) * p.n_val, r) + T * _eval_s(p, (1 + U) * p.n_val, r) + (1 + T) * r.load_s,
-        "evaluation")
+        2 * _eval_s(p, tasks + unseen, p.n_val, r) + sum(_eval_s(p, (t,) + unseen, p.n_val, r) for t in tasks)
+        + (1 + T) * r.load_s, "evaluation")
     trained = [rc for rc in recipes if rc != mine]  # the profile's recipe reuses its experts
     add("00_pilot", "recipes: expert trainings", T * len(trained),
-        T * sum(_train_s(dataclasses.replace(p, epochs=rc["epochs"]), rc["n_train"], r) for rc in trained), "training")
+        sum(_train_s(dataclasses.replace(p, epochs=rc["epochs"]), (t,), rc["n_train"], r)
+            for rc in trained for t in tasks), "training")
     add("00_pilot", "recipes: base and experts (validation)", T * (1 + len(recipes)),
-        T * (1 + len(recipes)) * (_eval_s(p, p.n_val, r) + r.load_s), "evaluation")
+        (1 + len(recipes)) * sum(_eval_s(p, (t,), p.n_val, r) for t in tasks) + T * (1 + len(recipes)) * r.load_s,
+        "evaluation")
 
 
 def per_notebook(p: Profile, notebooks=None, rates: Rates = RATES) -> pd.Series:

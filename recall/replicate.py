@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -53,6 +54,7 @@ from pathlib import Path
 import yaml
 
 from .fsutil import CacheBusy, cache_lock
+from .planner import READING_ENV, reading
 from .profiles import PROFILES, check_task_order, get_profile
 from .progress import ENV as PROGRESS_ENV
 from .results import NoCheckout, forget_notebook, repo_root, results_root, subdir_for
@@ -177,15 +179,17 @@ def plan_jobs(profile, selected: list[Path], declared: dict, extra: dict, seeds:
     return jobs + last
 
 
-def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, one_order: bool = False) -> str:
+def selected_plan(profile, stems: list[str], seeds: list[int] | None = None, task_order: list | None = None,
+                  machine: dict | None = None) -> str:
     """The budget plan (``recall.planner``) of the notebooks ``stems``, for ``seeds`` (default the profile's) and,
-    with ``one_order``, the given task order only."""
+    with ``task_order``, that task order only; calibrated to ``machine`` (default: a reading now)."""
     from .planner import reading, report
 
     changes = {"seeds": tuple(seeds)} if seeds is not None else {}
-    if one_order:
-        changes["extra_orders"] = ()
-    return report(dataclasses.replace(profile, **changes), stems, machine=reading(profile))
+    if task_order:
+        changes.update(task_order=tuple(task_order), extra_orders=())
+    return report(dataclasses.replace(profile, **changes), stems,
+                  machine=reading(profile) if machine is None else machine)
 
 
 class _Tail(threading.Thread):
@@ -346,7 +350,11 @@ def _main(argv=None) -> int:
     stems = sorted({p.stem for p, _ in jobs})
     print(f"recall replicate: profile {profile.name} ({profile.notes}), {len(jobs)} notebook run(s)")
     print(f"budget plan of {', '.join(stems)} (units already cached cost nothing):")
-    print(selected_plan(profile, stems, None if args.seed is None else [args.seed], "task_order" in extra))
+    machine = reading(profile)  # one reading for the plan and every notebook's (the kernels inherit it)
+    if machine:
+        os.environ[READING_ENV] = json.dumps(machine)
+    print(selected_plan(profile, stems, None if args.seed is None else [args.seed], extra.get("task_order"),
+                        machine))
     print(f"results: {root / profile.name}" + (f"; kernels use {threads} CPU thread(s)" if threads else ""))
     with cache_lock():  # one replicate run per experiment cache; a second one exits with a clear message
         if not args.notebooks:  # the whole replication: a notebook the profile skips keeps no earlier results
