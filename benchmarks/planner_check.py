@@ -1,28 +1,21 @@
-"""The planner's estimates against a run's measured times, per notebook and phase, under several ways of moving
-``recall.planner.RATES`` to the machine a reading describes.
+"""The planner's estimates against runs' measured times, per notebook and phase.
 
-A benchmark, not a test: it prints figures. It reads a ``provenance.json`` (a path, or ``REV:PATH`` for a
-committed one), takes each notebook's recorded reading of the machine (``recall.bench.probe``) and plans that
-notebook at it, as ``recall.notebook.Notebook.provenance`` does, once per calibration of ``CALIBRATIONS``; then
-prints measured / planned per notebook (wall time) and per phase (provenance's ``step_timings_s``; ``other`` is
-the rest of the wall time). A ratio above 1: the run took longer than planned.
+A benchmark, not a test: it prints figures. It reads ``provenance.json`` files (a path, or ``REV:PATH`` for a
+committed one); each notebook entry holds its measured wall time and phases (``step_timings_s``; ``other`` is the
+rest of the wall time) and the reading of the machine its plan was calibrated to (``recall.bench.probe``).
 
-The calibrations were written down before the cold run of December 6 on a 2-core AMD EPYC (Zen 4, AVX512-BF16,
-no AMX) started, from what the runs on the reference machine (4871310) and on the faster Xeon (088d615) showed:
+- plan: each notebook planned at its recorded reading by today's ``recall.planner`` (``RATES`` moved by
+  ``calibrated``), as ``recall.notebook.Notebook.provenance`` does, against what it took;
+- ``--transfer``: with two or more runs, each run's measured phases moved to every other run's reading by
+  ``calibrated``'s factors (training by the training rate's, evaluation by scoring's, merging by the merges',
+  other by the model loads'), against what that run took. This checks the calibration without the rates: how
+  well a reading of a machine moves real phase times to another machine.
 
-- ``current``: ``recall.planner.calibrated`` as it is (each rate by the reading of its own kind of work;
-  merges, model loads and the assets by memory copy);
-- ``compute_merges``: as ``current``, but merges, model loads, the assets and the merge benchmark follow the
-  training block (on the faster Xeon merging sped up 1.26-1.31x, as training and scoring did, while memory
-  copy read 1.13x);
-- ``fp32_scoring``: as ``compute_merges``, and scoring under autocast follows the float32 block; the autocast
-  reading only counts where it is below 1, a CPU without native bfloat16 (on the faster Xeon scoring sped up
-  1.28-1.30x, the float32 block read 1.32x, the block under autocast 1.60x);
-- ``one_speed``: every rate by the training block alone, but for autocast below 1 (the faster Xeon's phases
-  all sped up 1.20-1.31x).
+A ratio above 1: the run took longer than planned. A run's reading lacking a speed (runs before 088d615 read no
+decoder block) can be replaced with ``--reading NAME=JSON``.
 
-    python benchmarks/planner_check.py results/cpu/provenance.json
-    python benchmarks/planner_check.py e138051:results/cpu/provenance.json
+    python benchmarks/planner_check.py results/benchmarks/planner_reference/provenance.json \\
+        e138051:results/cpu/provenance.json --transfer
 """
 
 from __future__ import annotations
@@ -31,51 +24,14 @@ import argparse
 import dataclasses
 import json
 import subprocess
+from itertools import permutations
 from pathlib import Path
 
 from recall import planner
 from recall.profiles import get_profile
 
-
-def _scaled(rates: planner.Rates, machine: dict, train: float, scoring: float, merges: float,
-            block: float) -> planner.Rates:
-    return dataclasses.replace(
-        rates, train_s_per_token=rates.train_s_per_token * train, train_fixed_s=rates.train_fixed_s * merges,
-        fisher_s_per_example=rates.fisher_s_per_example * train, eval_scale=rates.eval_scale * scoring,
-        reps_s_per_text=rates.reps_s_per_text * block, c1_boot_s=rates.c1_boot_s * block,
-        assets_s=rates.assets_s * merges, load_s=rates.load_s * merges,
-        merge_benchmark_s=rates.merge_benchmark_s * merges, merge_scale=rates.merge_scale * merges)
-
-
-def _ratios(rates: planner.Rates, machine: dict) -> dict:
-    ref = dict(rates.reference)
-    speedup = float(machine["autocast_speedup"])
-    return {"train": machine["train_block_ms"] / ref["train_block_ms"], "block": machine["block_ms"] / ref["block_ms"],
-            "autocast": machine["block_ms"] / speedup / (ref["block_ms"] / ref["autocast_speedup"]),
-            "emulated": ref["autocast_speedup"] / speedup if speedup < 1 else 1.0}
-
-
-def compute_merges(rates, machine):
-    r = planner.calibrated(rates, machine)
-    k = _ratios(rates, machine)["train"]
-    return dataclasses.replace(r, train_fixed_s=rates.train_fixed_s * k, assets_s=rates.assets_s * k,
-                               load_s=rates.load_s * k, merge_benchmark_s=rates.merge_benchmark_s * k,
-                               merge_scale=rates.merge_scale * k)
-
-
-def fp32_scoring(rates, machine):
-    r = compute_merges(rates, machine)
-    k = _ratios(rates, machine)
-    return dataclasses.replace(r, eval_scale=rates.eval_scale * k["block"] * k["emulated"])
-
-
-def one_speed(rates, machine):
-    k = _ratios(rates, machine)
-    return _scaled(rates, machine, k["train"], k["train"] * k["emulated"], k["train"], k["train"])
-
-
-CALIBRATIONS = {"current": planner.calibrated, "compute_merges": compute_merges, "fp32_scoring": fp32_scoring,
-                "one_speed": one_speed}
+NOTEBOOK_PHASES = {"training": "train_s_per_token", "evaluation": "eval_scale", "merging": "merge_scale",
+                   "other": "load_s"}  # the rate whose calibration factor moves a measured phase
 
 
 def load(source: str) -> dict:
@@ -85,26 +41,44 @@ def load(source: str) -> dict:
     return json.loads(Path(source).read_text())
 
 
-def check(prov: dict) -> list[dict]:
-    rows = []
+def measured(prov: dict, reading: dict | None = None) -> dict:
+    """notebook -> (measured seconds per phase, the reading) for every notebook with a plan and a reading."""
+    out = {}
     for key, nb in prov["notebooks"].items():
-        machine = nb.get("machine") or {}
-        if not machine.get("train_block_ms") or not nb.get("planned_cold_s"):
-            continue
-        params = nb["parameters"]
+        machine = reading or nb.get("machine") or {}
+        if not nb.get("planned_cold_s") or not nb.get("machine") or not machine.get("train_block_ms"):
+            continue  # not planned, or carried over from an earlier run that read no machine (the pilot)
+        phases = {ph: float(nb["step_timings_s"].get(ph, 0.0)) for ph in planner.PHASES if ph != "other"}
+        phases["other"] = nb["wall_time_s"] - sum(phases.values())
+        out[key] = (phases, machine, nb["parameters"])
+    return out
+
+
+def plan_rows(run: dict) -> list[dict]:
+    rows = []
+    for key, (phases, machine, params) in run.items():
         p = get_profile(params["profile"])
-        order = tuple(params.get("task_order") or p.task_order)
-        one = dataclasses.replace(p, seeds=(params.get("seed", 0),), task_order=order, extra_orders=())
-        measured = dict(nb["step_timings_s"])
-        measured["other"] = nb["wall_time_s"] - sum(measured.values())
-        for name, cal in CALIBRATIONS.items():
-            plan = planner.per_phase(one, key.split("/")[0], cal(planner.RATES, machine))
-            row = {"notebook": key, "calibration": name, "planned_s": round(sum(plan.values()), 1),
-                   "measured_s": nb["wall_time_s"], "ratio": round(nb["wall_time_s"] / sum(plan.values()), 3)}
-            for ph in planner.PHASES:
-                if plan[ph] > 1 or measured.get(ph, 0) > 1:
-                    row[ph] = f"{measured.get(ph, 0):.0f}/{plan[ph]:.0f}"
-            rows.append(row)
+        one = dataclasses.replace(p, seeds=(params.get("seed", 0),), task_order=tuple(params.get("task_order")
+                                  or p.task_order), extra_orders=())
+        plan = planner.per_phase(one, key.split("/")[0], planner.calibrated(planner.RATES, machine))
+        row = {"notebook": key, "planned_s": round(sum(plan.values()), 1), "measured_s": round(sum(phases.values()), 1),
+               "ratio": round(sum(phases.values()) / sum(plan.values()), 3)}
+        row.update({ph: f"{phases[ph]:.0f}/{plan[ph]:.0f}" for ph in planner.PHASES if max(plan[ph], phases[ph]) > 1})
+        rows.append(row)
+    return rows
+
+
+def transfer_rows(runs: dict[str, dict]) -> list[dict]:
+    rows = []
+    for x, y in permutations(runs, 2):
+        for key in runs[x]:
+            if key not in runs[y]:
+                continue
+            (px, rx, _), (py, ry, _) = runs[x][key], runs[y][key]
+            cx, cy = planner.calibrated(planner.RATES, rx), planner.calibrated(planner.RATES, ry)
+            pred = sum(t * getattr(cy, NOTEBOOK_PHASES[ph]) / getattr(cx, NOTEBOOK_PHASES[ph]) for ph, t in px.items())
+            rows.append({"from": x, "to": y, "notebook": key, "moved_s": round(pred, 1),
+                         "measured_s": round(sum(py.values()), 1), "ratio": round(sum(py.values()) / pred, 3)})
     return rows
 
 
@@ -113,18 +87,24 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("provenance", nargs="+", help="provenance.json paths, or REV:PATH")
+    ap.add_argument("--transfer", action="store_true", help="move each run's phases to the other runs' readings")
+    ap.add_argument("--reading", action="append", default=[], metavar="SOURCE=JSON",
+                    help="the reading to use for every notebook of one run (e.g. one taken in another session)")
     args = ap.parse_args(argv)
     pd.set_option("display.width", 200)
-    for src in args.provenance:
-        rows = check(load(src))
-        print(f"== {src} (phases: measured/planned seconds)")
-        if not rows:
-            print("no notebook with a reading of the training block")
-            continue
-        df = pd.DataFrame(rows).fillna("")
-        print(df.to_string(index=False))
-        worst = df.assign(miss=(df["ratio"] - 1).abs()).groupby("calibration", sort=False)["miss"].max()
-        print("largest miss per calibration (|measured/planned - 1|):", worst.round(3).to_dict())
+    readings = dict(r.split("=", 1) for r in args.reading)
+    runs = {src: measured(load(src), json.loads(readings[src]) if src in readings else None) for src in args.provenance}
+    for src, run in runs.items():
+        print(f"== {src}: measured/planned seconds per phase")
+        rows = plan_rows(run)
+        print(pd.DataFrame(rows).fillna("").to_string(index=False) if rows else "no notebook with a plan and a reading")
+        if rows:
+            print("largest miss (|measured/planned - 1|):", round(max(abs(r["ratio"] - 1) for r in rows), 3))
+    if args.transfer and len(runs) > 1:
+        rows = transfer_rows(runs)
+        print("== each run's phases moved to another run's reading")
+        print(pd.DataFrame(rows).to_string(index=False))
+        print("largest miss:", round(max(abs(r["ratio"] - 1) for r in rows), 3))
     return 0
 
 

@@ -7,9 +7,11 @@ representation pass for RECALL (each pool model reads the typical samples, M_N a
 grid's merges and validation evaluations (``recall.tuning``); a sequential chain trains every step and is scored
 on the tasks seen so far after each step (the lower triangle of R) and on every task at the end.
 
-``RATES`` were measured on 2 idle CPU cores with SmolLM2-135M (the cpu profile's provenance, December 2026) of
-one machine; ``calibrated`` moves them to another by a reading of its speed that takes a few seconds
-(``recall.bench.probe``: float32 matmul, a decoder block under bfloat16 autocast against float32, memory copy).
+``RATES`` were fitted to one cold cpu run on 2 idle CPU cores with SmolLM2-135M (its provenance, December
+2026); ``calibrated`` moves them to another machine by a reading of its speed that takes about 15 seconds
+(``recall.bench.probe``, three times: a decoder block's forward and backward, its forward in float32 and under
+bfloat16 autocast, float32 matmul, memory copy). benchmarks/planner_check.py compares the plan with any run's
+measured times.
 ``python -m recall.planner --profile cpu`` reads this machine and prints the plan; provenance records each
 notebook's wall time and phases beside its estimate and the reading.
 """
@@ -27,55 +29,59 @@ from .profiles import Profile, get_profile
 
 @dataclass(frozen=True)
 class Rates:
-    # Measured on the reference machine (``reference`` below: a 2-core Xeon with AMX, KVM, 2 idle threads) by
-    # benchmarks/planner_rates.py on the cache of the cold cpu run of 4871310 (December 2026), and by that run's
-    # phase times (provenance: training, evaluation, merging, the rest of the wall time).
-    # a training: per trained token (prompt + answer, the training loop: 29 trainings, median), EWC's penalty
-    # costing ewc_factor times that; plus a fixed part (the start model loaded, the adapter merged and saved)
-    train_s_per_token: float = 0.00284
-    ewc_factor: float = 1.32
-    train_fixed_s: float = 3.4
+    # Fitted to the cold cpu run of cddfc6a on the reference machine (``reference`` below: a 2-core AMD EPYC, Zen 4
+    # with AVX512-BF16 and no AMX, KVM, 2 idle threads; December 2026; its provenance and training records are in
+    # results/benchmarks/planner_reference/): per-token training from its 29 training records
+    # (benchmarks/planner_rates.py); every other rate as the rates before it (the run of 4871310 on a Xeon) scaled
+    # per group so that the plan of each phase matches that run's phase times (benchmarks/planner_fit.py).
+    # a training: per trained token (prompt + answer, the training loop), EWC's penalty costing ewc_factor times
+    # that; plus a fixed part (the start model loaded, the adapter merged and saved)
+    train_s_per_token: float = 0.0041
+    ewc_factor: float = 1.28
+    train_fixed_s: float = 1.4
     # trained tokens per example and epoch at max_text_tokens = 40 (chat template, instruction, label options,
     # text and answer); a task not listed: default_tokens; another max_text_tokens shifts each by the difference
     tokens_per_example: tuple[tuple[str, float], ...] = (
         ("bbc", 100.1), ("ng", 104.7), ("rt", 81.5), ("sms", 83.5), ("trec", 75.5))
     default_tokens: float = 100.0
-    # rank classification per example at max_text_tokens = 40, batch 32, under bfloat16 autocast (the base
-    # model, 200 test examples per task); a task not listed: default_eval_s. Tasks with many or long label words
-    # cost more. Without autocast, times the reference's autocast_speedup; another max_text_tokens scales by
+    # rank classification per example at max_text_tokens = 40, batch 32, under bfloat16 autocast, in a notebook
+    # (200 test examples per task); a task not listed: default_eval_s. Tasks with many or long label words cost
+    # more. Without autocast, times the reference's autocast_speedup; another max_text_tokens scales by
     # (10 + max_text_tokens) / 50
     eval_s_per_example: tuple[tuple[str, float], ...] = (
-        ("bbc", 0.0280), ("rt", 0.0168), ("trec", 0.0206), ("sms", 0.0226), ("ng", 0.0337), ("r8", 0.0312),
-        ("amazon", 0.0163))
-    default_eval_s: float = 0.028
+        ("bbc", 0.0494), ("rt", 0.0297), ("trec", 0.0364), ("sms", 0.0399), ("ng", 0.0595), ("r8", 0.0551),
+        ("amazon", 0.0288))
+    default_eval_s: float = 0.0494
     # a model folder loaded for scoring; by evaluate_on outside the timed scoring, so it is in the "other" phase
-    load_s: float = 0.8
-    assets_s: float = 30.0  # an empty cache: the GGUF model converted to safetensors, the data archives read
-    # merges (03: 258 s, 04: 45 s, 05: 37 s in the run): a streaming merge's fixed part, per checkpoint read
-    merge_s: float = 0.95
-    merge_s_per_model: float = 0.38
-    reps_s_per_text: float = 0.042  # RECALL's representation pass, per text per model (05's four merges)
-    fisher_s_per_example: float = 0.12  # EWC's Fisher diagonal
-    c1_boot_s: float = 9.0  # C1's bootstrap in 01, per 1000 replicates (Gram matrices computed once)
-    merge_benchmark_s: float = 45.0  # notebook 06
+    load_s: float = 0.87
+    assets_s: float = 37.3  # an empty cache: the GGUF model converted to safetensors, the data archives read
+    # merges (03: 282 s, 04: 60-63 s, 05: 48 s in the run): a streaming merge's fixed part (written, cards, scores
+    # cached, weights dropped), per checkpoint read
+    merge_s: float = 4.35
+    merge_s_per_model: float = 0.16
+    reps_s_per_text: float = 0.046  # RECALL's representation pass, per text per model
+    fisher_s_per_example: float = 0.85  # EWC's Fisher diagonal (with what else EWC's chains cost over sft's)
+    c1_boot_s: float = 23.0  # C1's bootstrap in 01, per 1000 replicates (Gram matrices computed once)
+    merge_benchmark_s: float = 45.7  # notebook 06
     # per notebook: tables, bootstrap intervals and figures after the units (the rest of the wall time)
     tables_s: tuple[tuple[str, float], ...] = (
-        ("01_representations", 8.0), ("03_multi_model", 4.0), ("04_sequential", 6.0), ("05_ablations", 8.0))
-    # the reference machine as recall.bench.probe reads one (medians of its readings in the session of the
-    # rates), and the factor on merges that calibrated() sets
+        ("01_representations", 13.3), ("03_multi_model", 6.6), ("04_sequential", 10.0), ("05_ablations", 13.3))
+    # the reference machine as recall.bench.probe reads one (medians of 9 readings in the session of the run:
+    # before it, at its start, after it), and the factors calibrated() sets
     reference: tuple[tuple[str, float], ...] = (
-        ("train_block_ms", 54.5), ("block_ms", 7.7), ("autocast_speedup", 1.9), ("float32_gflops", 310.0),
-        ("copy_gbps", 25.8))
+        ("train_block_ms", 74.59), ("block_ms", 11.66), ("autocast_speedup", 1.733), ("float32_gflops", 187.8),
+        ("copy_gbps", 35.08))
     merge_scale: float = 1.0
     eval_scale: float = 1.0  # on scoring under autocast, set by calibrated()
-    float32_eval_factor: float = 1.9  # float32 scoring over autocast: the reference's autocast_speedup
+    float32_eval_factor: float = 1.733  # float32 scoring over autocast: the reference's autocast_speedup
+    tables_scale: float = 1.0
 
 
 RATES = Rates()
 # seconds per pool model over a plain merge (TIES' sign election, DARE's masks, LM-Cocktail's losses); TIES and
 # DARE as the streaming engine's benchmark measured them (results/benchmarks/merge_speed.csv: 6.7 s and 8.1 s
-# against 4.7 s for a linear merge of three checkpoints), times 0.63 as the merge rates above
-EXPENSIVE_MERGES = {"ties": 0.44, "dare": 0.69, "magmax": 0.95, "lm_cocktail": 0.95}
+# against 4.7 s for a linear merge of three checkpoints), times the factor of the merge rates above
+EXPENSIVE_MERGES = {"ties": 0.32, "dare": 0.5, "magmax": 0.69, "lm_cocktail": 0.69}
 
 
 COLUMNS = ["notebook", "unit", "count", "seconds", "phase"]
@@ -116,9 +122,18 @@ def calibrated(rates: Rates, machine: dict | None) -> Rates:
     """``rates`` moved to the machine ``machine`` describes (``recall.bench.probe``), each by the reading of the
     work it stands for, this machine's time over the reference's: a decoder block's forward and backward
     (``train_block_ms``) for training and EWC's Fisher; its float32 forward (``block_ms``) for the
-    representation pass and float32 scoring, and that over ``autocast_speedup`` for scoring under autocast;
-    float32 matmul for C1's bootstrap; memory copy for merges, model loads, the merge benchmark and the assets.
-    A speed the reference or the reading lacks counts as equal; with none read, ``rates`` as they are."""
+    representation pass and float32 scoring, and that over ``autocast_speedup`` for scoring under autocast; the
+    geometric mean of the training block's and memory copy's (``copy_gbps``) for what streams checkpoints through
+    memory and disk or runs plain Python: merges, model loads, the assets, the merge benchmark, C1's bootstrap,
+    tables and figures, a training's fixed part. A speed the reference or the reading lacks counts as equal;
+    with none read, ``rates`` as they are.
+
+    Checked across machines by benchmarks/planner_check.py: the copy alone put merges on the wrong side of the
+    reference on the Zen 4 machine of the rates (it read 1.4x the Xeon's copy speed, and merged 1.05x slower),
+    the training block alone put them at half the time on the faster Xeon; their geometric mean was within 8%
+    on both."""
+    import math
+
     ref, machine = dict(rates.reference), dict(machine or {})
     if not any(machine.get(k) for k in ref):
         return rates
@@ -129,15 +144,16 @@ def calibrated(rates: Rates, machine: dict | None) -> Rates:
         return float(machine[key]) / ref[key] if time else ref[key] / float(machine[key])
 
     train, block, mem = slower("train_block_ms", True), slower("block_ms", True), slower("copy_gbps", False)
+    mixed = math.sqrt(train * mem)
     speedup = float(machine.get("autocast_speedup") or 0) or ref.get("autocast_speedup") or rates.float32_eval_factor
     autocast = block * (ref.get("autocast_speedup") or rates.float32_eval_factor) / speedup
     return dataclasses.replace(
-        rates, train_s_per_token=rates.train_s_per_token * train, train_fixed_s=rates.train_fixed_s * mem,
+        rates, train_s_per_token=rates.train_s_per_token * train, train_fixed_s=rates.train_fixed_s * mixed,
         fisher_s_per_example=rates.fisher_s_per_example * train, eval_scale=rates.eval_scale * autocast,
         float32_eval_factor=speedup, reps_s_per_text=rates.reps_s_per_text * block,
-        c1_boot_s=rates.c1_boot_s * slower("float32_gflops", False), assets_s=rates.assets_s * mem,
-        load_s=rates.load_s * mem, merge_benchmark_s=rates.merge_benchmark_s * mem,
-        merge_scale=rates.merge_scale * mem)
+        c1_boot_s=rates.c1_boot_s * mixed, assets_s=rates.assets_s * mixed, load_s=rates.load_s * mixed,
+        merge_benchmark_s=rates.merge_benchmark_s * mixed, merge_scale=rates.merge_scale * mixed,
+        tables_scale=rates.tables_scale * mixed)
 
 
 READING_ENV = "RECALL_MACHINE_READING"  # a reading (JSON) that recall.replicate took once for all its notebooks
@@ -147,7 +163,7 @@ def reading(p: Profile) -> dict:
     """This machine's speed (``recall.bench.probe``) for planning ``p``: the one ``recall.replicate`` took before
     its first notebook (``READING_ENV``), so that every notebook of a replicate is planned at one reading and a
     slow spell while a kernel starts does not move its plan; else a reading now. None for the tiny test model,
-    which has no rates of its own (they are SmolLM2-135M's)."""
+    which has no rates of its own (they are SmolLM2-135M's). A reading now is the median of ``PROBES``."""
     import json
     import os
 
@@ -163,7 +179,22 @@ def reading(p: Profile) -> dict:
             got = None
         if isinstance(got, dict) and all(isinstance(v, (int, float)) for v in got.values()):
             return got
-    return probe()
+    return median_reading([probe() for _ in range(PROBES)])
+
+
+PROBES = 3  # readings per plan: one in nine caught a slow spell of the reference machine (84 ms against 75)
+
+
+def median_reading(readings: list[dict]) -> dict:
+    """Per speed, the median of several readings (``recall.bench.probe``); what is not a number, the first's."""
+    import statistics
+
+    out = dict(readings[0])
+    for k, v in out.items():
+        values = [r[k] for r in readings if isinstance(r.get(k), (int, float))]
+        if isinstance(v, (int, float)) and len(values) == len(readings):
+            out[k] = statistics.median(values)
+    return out
 
 
 def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
@@ -175,7 +206,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
     tasks, unseen = tuple(p.tasks), tuple(p.unseen)
     T = len(tasks)
     seeds = len(p.seeds)
-    tables = dict(r.tables_s)
+    tables = {k: v * r.tables_scale for k, v in r.tables_s}
     rows = []
 
     def add(nb, unit, count, seconds, phase):
@@ -301,7 +332,7 @@ def _chains(p: Profile, r: Rates, order: tuple, seeds: int, add, GRIDS, knob_of,
             ev, loads, n = ev + e, loads + lo, n + 1
     add(nb, "chain evaluations", seeds * n, seeds * ev, "evaluation")
     add(nb, "model loads for scoring", seeds * n, seeds * loads, "other")
-    add(nb, "tables and figures", 1, dict(r.tables_s).get(nb, 0.0), "other")
+    add(nb, "tables and figures", 1, dict(r.tables_s).get(nb, 0.0) * r.tables_scale, "other")
 
 
 def _pilot(p: Profile, r: Rates, add) -> None:

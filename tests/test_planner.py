@@ -117,9 +117,10 @@ def test_calibration_scales_each_phase_by_its_reading_of_the_machine():
     assert calibrated(RATES, None) is RATES and calibrated(RATES, {"threads": 2}) is RATES
     same = calibrated(RATES, ref)
     assert per_notebook(p, rates=same).to_dict() == pytest.approx(per_notebook(p, rates=RATES).to_dict())
-    # training twice as slow, the rest unread: taken as equal
+    # training twice as slow, the rest unread: taken as equal; merges follow training and memory copy half each
     half = calibrated(RATES, {"train_block_ms": 2 * ref["train_block_ms"]})
-    assert half.train_s_per_token == pytest.approx(2 * RATES.train_s_per_token) and half.merge_scale == 1.0
+    assert half.train_s_per_token == pytest.approx(2 * RATES.train_s_per_token)
+    assert half.merge_scale == pytest.approx(2 ** 0.5) and half.eval_scale == 1.0
     # a block forward twice as slow and bfloat16 autocast 4 times slower than float32 (no native bfloat16)
     slow = calibrated(RATES, {**ref, "block_ms": 2 * ref["block_ms"], "autocast_speedup": 0.25})
     a, b = per_phase(p, "04_sequential", RATES), per_phase(p, "04_sequential", slow)
@@ -130,8 +131,16 @@ def test_calibration_scales_each_phase_by_its_reading_of_the_machine():
     assert per_phase(fp32, "04_sequential", slow)["evaluation"] == pytest.approx(
         2 * per_phase(fp32, "04_sequential", RATES)["evaluation"])
     assert per_phase(p, "06_efficiency", slow)["other"] == pytest.approx(per_phase(p, "06_efficiency", RATES)["other"])
+    # memory copy half as fast: merges, loads and the merge benchmark by the geometric mean with training (equal)
     mem = calibrated(RATES, {"copy_gbps": ref["copy_gbps"] / 2})
-    assert per_phase(p, "06_efficiency", mem)["other"] == pytest.approx(2 * per_phase(p, "06_efficiency")["other"])
+    other = per_phase(p, "06_efficiency")["other"]
+    assert per_phase(p, "06_efficiency", mem)["other"] == pytest.approx(2 ** 0.5 * other)
+    trained = per_phase(p, "04_sequential")["training"]  # a training's fixed part only
+    assert trained < per_phase(p, "04_sequential", mem)["training"] < 1.03 * trained
+    both = calibrated(RATES, {"train_block_ms": 2 * ref["train_block_ms"], "copy_gbps": ref["copy_gbps"] / 2,
+                              "block_ms": 2 * ref["block_ms"]})  # RECALL's representation pass: the block
+    merging = per_phase(p, "03_multi_model")["merging"]
+    assert per_phase(p, "03_multi_model", both)["merging"] == pytest.approx(2 * merging)
 
 
 def test_a_replicate_plans_every_notebook_at_its_one_reading(monkeypatch):
@@ -146,6 +155,12 @@ def test_a_replicate_plans_every_notebook_at_its_one_reading(monkeypatch):
     assert reading(get_profile("cpu")) == taken
     monkeypatch.setenv(READING_ENV, "not json")  # unreadable: a reading now
     assert reading(get_profile("cpu")) == {"read": "now"}
+    # a reading now is the median of several: one slow spell does not move the plan
+    spells = iter([{"threads": 2, "train_block_ms": 75.0}, {"threads": 2, "train_block_ms": 84.0},
+                   {"threads": 2, "train_block_ms": 74.0}])
+    monkeypatch.setattr(bench, "probe", lambda: next(spells))
+    monkeypatch.delenv(READING_ENV)
+    assert reading(get_profile("cpu")) == {"threads": 2, "train_block_ms": 75.0}
     assert reading(get_profile("smoke")) == {}  # the tiny model has no rates to calibrate
 
 
