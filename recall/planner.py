@@ -30,7 +30,8 @@ from .profiles import Profile, get_profile
 @dataclass(frozen=True)
 class Rates:
     # Fitted to the cold cpu run of cddfc6a on the reference machine (``reference`` below: a 2-core AMD EPYC, Zen 4
-    # with AVX512-BF16 and no AMX, KVM, 2 idle threads; December 2026; its provenance and training records are in
+    # with AVX512-BF16 and no AMX, KVM, 2 idle threads; December 2026; its tables and provenance are in
+    # results/replicas/cpu-epyc-zen4/, its training records' rates and the machine's readings in
     # results/benchmarks/planner_reference/): per-token training from its 29 training records
     # (benchmarks/planner_rates.py); every other rate as the rates before it (the run of 4871310 on a Xeon) scaled
     # per group so that the plan of each phase matches that run's phase times (benchmarks/planner_fit.py).
