@@ -14,7 +14,7 @@ rest of the wall time) and the reading of the machine its plan was calibrated to
 A ratio above 1: the run took longer than planned. A run's reading lacking a speed (runs before 088d615 read no
 decoder block) can be replaced with ``--reading NAME=JSON``.
 
-    python benchmarks/planner_check.py results/benchmarks/planner_reference/provenance.json \\
+    python benchmarks/planner_check.py results/replicas/cpu-epyc-zen4/provenance.json \\
         e138051:results/cpu/provenance.json --transfer
 """
 

@@ -17,7 +17,7 @@ groups:
 On the run the rates were fitted to, every factor is about 1. Then it prints the plan per notebook with the
 fitted rates and the fitted values of the fields at the reading.
 
-    python benchmarks/planner_fit.py results/benchmarks/planner_reference/provenance.json \\
+    python benchmarks/planner_fit.py results/replicas/cpu-epyc-zen4/provenance.json \\
         [--reading '{"train_block_ms": ...}'] [--train-s-per-token 0.004042]
 """
 
