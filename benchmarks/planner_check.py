@@ -21,14 +21,12 @@ decoder block) can be replaced with ``--reading NAME=JSON``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 from itertools import permutations
 from pathlib import Path
 
 from recall import planner
-from recall.profiles import get_profile
 
 NOTEBOOK_PHASES = {"training": "train_s_per_token", "evaluation": "eval_scale", "merging": "merge_scale",
                    "other": "load_s"}  # the rate whose calibration factor moves a measured phase
@@ -42,25 +40,14 @@ def load(source: str) -> dict:
 
 
 def measured(prov: dict, reading: dict | None = None) -> dict:
-    """notebook -> (measured seconds per phase, the reading) for every notebook with a plan and a reading."""
-    out = {}
-    for key, nb in prov["notebooks"].items():
-        machine = reading or nb.get("machine") or {}
-        if not nb.get("planned_cold_s") or not nb.get("machine") or not machine.get("train_block_ms"):
-            continue  # not planned, or carried over from an earlier run that read no machine (the pilot)
-        phases = {ph: float(nb["step_timings_s"].get(ph, 0.0)) for ph in planner.PHASES if ph != "other"}
-        phases["other"] = nb["wall_time_s"] - sum(phases.values())
-        out[key] = (phases, machine, nb["parameters"])
-    return out
+    """entry -> (notebook, its run's profile, measured seconds per phase, the reading): ``planner.measured``."""
+    return {key: rest for key, *rest in planner.measured(prov, reading)}
 
 
 def plan_rows(run: dict) -> list[dict]:
     rows = []
-    for key, (phases, machine, params) in run.items():
-        p = get_profile(params["profile"])
-        one = dataclasses.replace(p, seeds=(params.get("seed", 0),), task_order=tuple(params.get("task_order")
-                                  or p.task_order), extra_orders=())
-        plan = planner.per_phase(one, key.split("/")[0], planner.calibrated(planner.RATES, machine))
+    for key, (name, one, phases, machine) in run.items():
+        plan = planner.per_phase(one, name, planner.calibrated(planner.RATES, machine))
         row = {"notebook": key, "planned_s": round(sum(plan.values()), 1), "measured_s": round(sum(phases.values()), 1),
                "ratio": round(sum(phases.values()) / sum(plan.values()), 3)}
         row.update({ph: f"{phases[ph]:.0f}/{plan[ph]:.0f}" for ph in planner.PHASES if max(plan[ph], phases[ph]) > 1})
@@ -74,7 +61,7 @@ def transfer_rows(runs: dict[str, dict]) -> list[dict]:
         for key in runs[x]:
             if key not in runs[y]:
                 continue
-            (px, rx, _), (py, ry, _) = runs[x][key], runs[y][key]
+            (_, _, px, rx), (_, _, py, ry) = runs[x][key], runs[y][key]
             cx, cy = planner.calibrated(planner.RATES, rx), planner.calibrated(planner.RATES, ry)
             pred = sum(t * getattr(cy, NOTEBOOK_PHASES[ph]) / getattr(cx, NOTEBOOK_PHASES[ph]) for ph, t in px.items())
             rows.append({"from": x, "to": y, "notebook": key, "moved_s": round(pred, 1),

@@ -32,7 +32,6 @@ import numpy as np
 from scipy.optimize import nnls
 
 from recall import planner
-from recall.profiles import get_profile
 
 GROUPS = {
     "training": [("train_s_per_token",), ("train_fixed_s",), ("fisher_s_per_example",)],
@@ -42,41 +41,22 @@ GROUPS = {
 }
 
 
-def _zeroed(r: planner.Rates, fields) -> planner.Rates:
-    return dataclasses.replace(r, **{f: tuple((n, 0.0) for n, _ in getattr(r, f)) if f == "tables_s" else 0.0
-                                     for f in fields})
-
-
 def _scaled(r: planner.Rates, fields, k: float) -> planner.Rates:
     return dataclasses.replace(r, **{f: tuple((n, v * k) for n, v in getattr(r, f)) if f == "tables_s"
                                      else getattr(r, f) * k for f in fields})
-
-
-def notebooks(prov: dict, reading: dict | None):
-    for key, nb in prov["notebooks"].items():
-        machine = reading or nb.get("machine") or {}
-        if not nb.get("planned_cold_s") or not nb.get("machine") or not machine.get("train_block_ms"):
-            continue  # not planned, or carried over from an earlier run that read no machine (the pilot)
-        params = nb["parameters"]
-        p = get_profile(params["profile"])
-        one = dataclasses.replace(p, seeds=(params.get("seed", 0),),
-                                  task_order=tuple(params.get("task_order") or p.task_order), extra_orders=())
-        phases = {ph: float(nb["step_timings_s"].get(ph, 0.0)) for ph in planner.PHASES if ph != "other"}
-        phases["other"] = nb["wall_time_s"] - sum(phases.values())
-        yield key, key.split("/")[0], one, phases
 
 
 def fit(prov: dict, reading: dict, train_s_per_token: float | None = None):
     base = planner.calibrated(planner.RATES, reading)
     if train_s_per_token:
         base = dataclasses.replace(base, train_s_per_token=train_s_per_token)
-    nbs = list(notebooks(prov, reading))
+    nbs = [(key, name, one, phases) for key, name, one, phases, _ in planner.measured(prov, reading)]
     factors, fitted = {}, base
     for phase, groups in GROUPS.items():
         A, rest, y = [], [], []
         for _, name, one, measured in nbs:
             full = planner.per_phase(one, name, base)[phase]
-            row = [full - planner.per_phase(one, name, _zeroed(base, g))[phase] for g in groups]
+            row = [full - planner.per_phase(one, name, _scaled(base, g, 0.0))[phase] for g in groups]
             A.append(row)
             rest.append(full - sum(row))
             y.append(measured[phase])

@@ -101,12 +101,9 @@ class Notebook:
 
     def provenance(self) -> None:
         """Record this run in ``provenance.json``."""
-        import dataclasses
-
         from IPython.display import Markdown, display
 
-        one = dataclasses.replace(self.profile, seeds=(self.params["seed"],), task_order=self.task_order,
-                                  extra_orders=())  # this run's chain
+        one = planner.run_profile(self.profile, self.params["seed"], self.task_order)  # this run's chain
         phases = planner.per_phase(one, self.name, planner.calibrated(planner.RATES, self.machine))
         planned = sum(phases.values())  # 0: a notebook the planner has no units of (07_claims)
         self.res.provenance(self.profile, self.params, self.run.timings, planned_s=planned or None,

@@ -8,7 +8,7 @@ grid's merges and validation evaluations (``recall.tuning``); a sequential chain
 on the tasks seen so far after each step (the lower triangle of R) and on every task at the end.
 
 ``RATES`` were fitted to one cold cpu run on 2 idle CPU cores with SmolLM2-135M (its provenance, December
-2026); ``calibrated`` moves them to another machine by a reading of its speed that takes about 15 seconds
+2026); ``calibrated`` moves them to another machine by a reading of its speed that takes about 7 seconds
 (``recall.bench.probe``, three times: a decoder block's forward and backward, its forward in float32 and under
 bfloat16 autocast, float32 matmul, memory copy). benchmarks/planner_check.py compares the plan with any run's
 measured times.
@@ -75,7 +75,6 @@ class Rates:
     merge_scale: float = 1.0
     eval_scale: float = 1.0  # on scoring under autocast, set by calibrated()
     float32_eval_factor: float = 1.733  # float32 scoring over autocast: the reference's autocast_speedup
-    tables_scale: float = 1.0
 
 
 RATES = Rates()
@@ -154,7 +153,7 @@ def calibrated(rates: Rates, machine: dict | None) -> Rates:
         float32_eval_factor=speedup, reps_s_per_text=rates.reps_s_per_text * block,
         c1_boot_s=rates.c1_boot_s * mixed, assets_s=rates.assets_s * mixed, load_s=rates.load_s * mixed,
         merge_benchmark_s=rates.merge_benchmark_s * mixed, merge_scale=rates.merge_scale * mixed,
-        tables_scale=rates.tables_scale * mixed)
+        tables_s=tuple((nb, s * mixed) for nb, s in rates.tables_s))
 
 
 READING_ENV = "RECALL_MACHINE_READING"  # a reading (JSON) that recall.replicate took once for all its notebooks
@@ -198,6 +197,29 @@ def median_reading(readings: list[dict]) -> dict:
     return out
 
 
+def run_profile(p: Profile, seed: int, task_order) -> Profile:
+    """``p`` as one notebook run plans it: one seed and one task order (its chain)."""
+    return dataclasses.replace(p, seeds=(seed,), task_order=tuple(task_order or p.task_order), extra_orders=())
+
+
+def measured(provenance: dict, machine: dict | None = None) -> list[tuple[str, str, Profile, dict, dict]]:
+    """What a run's ``provenance.json`` says it took: per planned notebook entry that read the machine, (entry,
+    notebook, ``run_profile``, seconds per phase of ``PHASES`` with ``other`` the rest of the wall time, the
+    reading, or ``machine`` in its place). Entries carried over from an earlier run that read no machine (the
+    pilot, which runs only on request) are left out."""
+    out = []
+    for key, nb in provenance["notebooks"].items():
+        reading_ = machine or nb.get("machine") or {}
+        if not nb.get("planned_cold_s") or not nb.get("machine") or not reading_.get("train_block_ms"):
+            continue
+        params = nb["parameters"]
+        phases = {ph: float(nb["step_timings_s"].get(ph, 0.0)) for ph in PHASES if ph != "other"}
+        phases["other"] = nb["wall_time_s"] - sum(phases.values())
+        one = run_profile(get_profile(params["profile"]), params.get("seed", 0), params.get("task_order"))
+        out.append((key, key.split("/")[0], one, phases, reading_))
+    return out
+
+
 def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) -> pd.DataFrame:
     """One row per unit: notebook, unit, count, seconds (for every seed and task order of the profile) and phase
     (``PHASES``); the notebooks the profile skips (``Profile.skip``) only with ``include_skipped``."""
@@ -207,7 +229,7 @@ def estimate(p: Profile, rates: Rates = RATES, include_skipped: bool = False) ->
     tasks, unseen = tuple(p.tasks), tuple(p.unseen)
     T = len(tasks)
     seeds = len(p.seeds)
-    tables = {k: v * r.tables_scale for k, v in r.tables_s}
+    tables = dict(r.tables_s)
     rows = []
 
     def add(nb, unit, count, seconds, phase):
@@ -333,7 +355,7 @@ def _chains(p: Profile, r: Rates, order: tuple, seeds: int, add, GRIDS, knob_of,
             ev, loads, n = ev + e, loads + lo, n + 1
     add(nb, "chain evaluations", seeds * n, seeds * ev, "evaluation")
     add(nb, "model loads for scoring", seeds * n, seeds * loads, "other")
-    add(nb, "tables and figures", 1, dict(r.tables_s).get(nb, 0.0) * r.tables_scale, "other")
+    add(nb, "tables and figures", 1, dict(r.tables_s).get(nb, 0.0), "other")
 
 
 def _pilot(p: Profile, r: Rates, add) -> None:
